@@ -1,0 +1,213 @@
+"""The `llmrec` command line. Thin: parse options, compose the config, call a pipeline.
+
+Overrides use Hydra grammar (key=value, +key=value, ~key) and come after the command's options.
+Heavy libraries (torch, transformers, mlflow) are imported inside commands, so `llmrec --help` is instant.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from llmrec_cli.errors import LlmrecError
+
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+app = typer.Typer(
+    name="llmrec",
+    help="Run LLM-enhanced recommenders (four quadrants + CRM baselines) on one split and one candidate set, "
+    "tracked in MLflow. Overrides use Hydra grammar: key=value, +key=value, ~key.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare datasets and show their statistics.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _compose(args: list[str]):
+    from llmrec_cli.config.compose import compose_run
+
+    return compose_run(args)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command(context_settings=OVERRIDES)
+def train(ctx: typer.Context) -> None:
+    """Train and evaluate one run: llmrec train quadrant=baseline crm=sasrec dataset=ml-100k seed=0"""
+    cfg = _compose(ctx.args)
+    from llmrec_cli.pipelines.train import run_train
+
+    summary = run_train(cfg)
+    _print_results(summary)
+
+
+@app.command("eval", context_settings=OVERRIDES)
+def eval_(
+    ctx: typer.Context,
+    run: Optional[str] = typer.Option(None, "--run", help="MLflow run id of a finished run to re-evaluate."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run's local checkpoint folder."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
+                                               "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."),
+) -> None:
+    """Re-evaluate a finished run or checkpoint (overrides: eval.*, e.g. eval.num_negatives=99)."""
+    if (run is None) == (checkpoint is None):
+        raise LlmrecError("give exactly one of --run RUN_ID or --checkpoint DIR")
+    from llmrec_cli.pipelines.evaluate import run_eval
+
+    _print_results(run_eval(run, checkpoint, list(ctx.args), tracking_uri))
+
+
+@data_app.command("prepare", context_settings=OVERRIDES)
+def data_prepare(ctx: typer.Context, force: bool = typer.Option(False, "--force", help="Ignore the cache.")) -> None:
+    """Read, filter, k-core and split a dataset into the cache: llmrec data prepare dataset=ml-1m"""
+    cfg = _compose(ctx.args)
+    from llmrec_cli.data.candidates import get_plan
+    from llmrec_cli.data.load import load_prepared
+    from llmrec_cli.data.prepare import cache_path
+
+    data = load_prepared(cfg.dataset, force=force)
+    plan = get_plan(data, cfg.eval, int(cfg.seed))
+    typer.echo(f"dataset={data.name}: {data.n_users:,} users, {data.n_items:,} items -> {cache_path(data.key)}")
+    typer.echo(f"dataset hash {data.data_hash}, candidate-set hash {plan.hash} (seed={cfg.seed})")
+
+
+@data_app.command("info", context_settings=OVERRIDES)
+def data_info(ctx: typer.Context) -> None:
+    """Raw and prepared counts, density, sequence-length quantiles: llmrec data info dataset=ml-100k"""
+    cfg = _compose(ctx.args)
+    from rich.table import Table
+
+    from llmrec_cli.data.load import load_prepared
+
+    data = load_prepared(cfg.dataset)
+    raw, prep = data.stats["raw"], data.stats["prepared"]
+    table = Table(title=f"dataset={data.name} (min_rating={cfg.dataset.min_rating}, kcore={cfg.dataset.kcore})")
+    for col in ("", "users", "items", "interactions", "density"):
+        table.add_column(col, justify="right" if col else "left")
+    for name, s in (("raw", raw), ("prepared", prep)):
+        table.add_row(name, f"{s['users']:,}", f"{s['items']:,}", f"{s['interactions']:,}", f"{s['density']:.4%}")
+    console = _console()
+    console.print(table)
+    q = prep["seq_len_quantiles"]
+    console.print("sequence length quantiles (per user): " + ", ".join(f"q{float(k):g}={v:g}" for k, v in q.items()))
+    console.print("split: chronological leave-one-out (ties broken by file order): last item = test, "
+                  f"second last = valid; {data.n_users:,} users in each of valid and test")
+    console.print(f"dataset hash {data.data_hash}; files: " + ", ".join(Path(p).name for p in data.stats["files"]))
+
+
+@app.command("config", context_settings=OVERRIDES)
+def config_(ctx: typer.Context) -> None:
+    """Print the composed, resolved config: llmrec config quadrant=baseline crm=bpr"""
+    from omegaconf import OmegaConf
+
+    typer.echo(OmegaConf.to_yaml(_compose(ctx.args), resolve=True), nl=False)
+
+
+@app.command()
+def validate() -> None:
+    """Compose every registered combination and report all errors at once."""
+    from llmrec_cli.config.validate import validate_all
+
+    errors, count = validate_all()
+    for err in errors:
+        typer.echo(f"error: {err}", err=True)
+    typer.echo(f"validated {count} compositions: {len(errors)} error(s)")
+    if errors:
+        raise typer.Exit(2)
+
+
+@app.command("ls")
+def ls() -> None:
+    """List datasets, quadrants, methods, CRMs, models and experiment presets."""
+    from llmrec_cli.config.validate import catalogue
+
+    console = _console()
+    for group, rows in catalogue().items():
+        console.print(f"[bold]{group}[/bold]")
+        for name, desc in rows:
+            console.print(f"  {name:<22} {desc}")
+
+
+@app.command()
+def ui(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(5000, help="Port to listen on."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
+                                               "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."),
+) -> None:
+    """Start the MLflow UI on the llmrec store."""
+    from llmrec_cli.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe) if exe.exists() else "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    os.execvp(cmd[0], cmd)
+
+
+def _print_results(summary) -> None:
+    from rich.table import Table
+
+    m = summary.metrics
+    table = Table(title=f"{summary.run_name}  (run {summary.run_id})")
+    cols = ["hr_1", "hr_10", "ndcg_10", "mrr_10", "ndcg_20"]
+    table.add_column("split/protocol")
+    for c in [*cols, "auc", "users"]:
+        table.add_column(c, justify="right")
+    for split in ("valid", "test"):
+        for proto in ("sampled", "full", "pointwise"):
+            key = f"{split}/{proto}"
+            if not any(k.startswith(key + "/") for k in m):
+                continue
+            vals = [f"{m[f'{key}/{c}']:.4f}" if f"{key}/{c}" in m else "" for c in cols]
+            auc = m.get(f"{key}/auc")
+            users = m.get(f"{key}/n_users", m.get(f"{key}/n_samples"))
+            table.add_row(key, *vals, f"{auc:.4f}" if auc is not None else "", f"{users:.0f}" if users else "")
+    console = _console()
+    console.print(table)
+    fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/"))}
+    if fit:
+        console.print("  ".join(f"{k}={v:.4g}" for k, v in fit.items()))
+    console.print(f"tracking: {summary.tracking_uri}  (browse: llmrec ui)")
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit non-zero, without a traceback."""
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except LlmrecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors and unexpected failures
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if os.environ.get("LLMREC_DEBUG") == "1":
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(f"error: {type(exc).__name__}: {msg} (LLMREC_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

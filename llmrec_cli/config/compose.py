@@ -1,0 +1,178 @@
+"""Compose a run config from `conf/` plus Hydra-grammar overrides, and check it before anything runs.
+
+`quadrant=` and `method=` are resolved together: a quadrant alone picks its default method, a method alone
+sets its quadrant, and both must agree. Every failure becomes a one-line `ConfigError` (exit code 2).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmrec_cli.config import schema
+from llmrec_cli.errors import ConfigError
+
+GROUPS = ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "tracking", "experiment")
+CHOICES = {
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "eval.negative_sampling": ("uniform", "popularity"),
+}
+_REGISTERED = False
+
+
+def conf_dir() -> Path:
+    """The `conf/` folder: $LLMREC_CONF_DIR, else the one beside the installed package (editable install)."""
+    env = os.environ.get("LLMREC_CONF_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in {path}: set LLMREC_CONF_DIR to llmrec's conf/ folder")
+    return path
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore as `<group>/schema_<name>` (YAMLs name them in defaults)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    from llmrec_cli import registry
+    from llmrec_cli.crm.configs import SCHEMAS as CRM_SCHEMAS
+    from llmrec_cli.methods.configs import SCHEMAS as METHOD_SCHEMAS
+
+    import llmrec_cli.data.sources  # noqa: F401  (registers the dataset loaders; pandas only, no torch)
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=schema.RunConfig)
+    for group, node in (("quadrant", schema.QuadrantConfig), ("model", schema.ModelConfig),
+                        ("eval", schema.EvalConfig), ("trainer", schema.TrainerConfig),
+                        ("tracking", schema.TrackingConfig)):
+        cs.store(group=group, name="schema", node=node)
+    for name, entry in registry.DATASETS.items():
+        cs.store(group="dataset", name=f"schema_{name}", node=entry.info["schema"])
+    for name, node in CRM_SCHEMAS.items():
+        cs.store(group="crm", name=f"schema_{name}", node=node)
+    for name, node in METHOD_SCHEMAS.items():
+        cs.store(group="method", name=f"schema_{name}", node=node)
+    _REGISTERED = True
+
+
+def _choice(overrides: list[str], group: str) -> str | None:
+    for item in reversed(overrides):
+        m = re.fullmatch(rf"\+?{group}=(.*)", item)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines (and a cause); keep what names the key and the problem."""
+    head = (str(exc).strip().splitlines() or [type(exc).__name__])[0].strip()
+    cause = exc.__cause__
+    detail = (str(cause).strip().splitlines() or [""])[0].strip() if cause else ""
+    m = re.match(r"Could not override '(.+?)'", head)
+    if m:
+        return (f"{m.group(1)}: no such key ({detail or 'not in the config'}); see `llmrec config` for the keys, "
+                f"or use +{m.group(1)}=... to add one")
+    m = re.match(r"Error merging override (.+)", head)
+    if m:
+        return f"{m.group(1)}: {detail}" if detail else head
+    m = re.match(r"(?:In '.+?': )?Could not find '(.+?)/(.+?)'", head)
+    if m:
+        return f"{m.group(1)}={m.group(2)} is not a known option; available: {', '.join(group_options(m.group(1)))}"
+    return f"{head}: {detail}" if detail and detail not in head else head
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    for item in overrides:
+        m = re.fullmatch(r"\+?(\w+)=(.*)", item)
+        if not m or m.group(1) not in GROUPS:
+            continue
+        group, value = m.groups()
+        options = group_options(group)
+        for choice in value.split(","):
+            if choice not in options and not (group == "experiment" and choice == "null"):
+                raise ConfigError(f"{group}={choice} is not a known option; available: {', '.join(options)}")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose
+
+    try:
+        return compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # hydra/omegaconf raise many types; all are user errors here
+        raise ConfigError(_one_line(exc)) from None
+
+
+def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose, resolve quadrant/method, resolve interpolations and validate. Raises ConfigError."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        raise ConfigError(f"unknown option {bad[0]!r}: overrides are key=value (Hydra grammar), options go first")
+    _check_group_choices(overrides)
+    register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = _compose(overrides)
+        extra = []
+        if OmegaConf.is_missing(cfg, "method") or cfg.get("method") is None:
+            quadrant = "baseline" if OmegaConf.is_missing(cfg, "quadrant") else cfg.quadrant.id
+            if OmegaConf.is_missing(cfg, "quadrant"):
+                extra.append("quadrant=baseline")
+            extra.append(f"method={_default_method(quadrant)}")
+        elif OmegaConf.is_missing(cfg, "quadrant"):
+            extra.append(f"quadrant={cfg.method.quadrant}")
+        if extra:
+            cfg = _compose(overrides + extra)
+    validate(cfg)
+    return cfg
+
+
+def _default_method(quadrant: str) -> str:
+    path = conf_dir() / "quadrant" / f"{quadrant}.yaml"
+    return str(OmegaConf.load(path).default_method)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span groups (types and unknown keys are already checked by the schemas)."""
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:
+        raise ConfigError(_one_line(exc)) from None
+    if str(cfg.method.quadrant) != str(cfg.quadrant.id):
+        raise ConfigError(
+            f"method={cfg.method.name} belongs to quadrant {cfg.method.quadrant}, not quadrant={cfg.quadrant.id}: "
+            f"drop quadrant= or pick a method of quadrant {cfg.quadrant.id} (see `llmrec ls`)"
+        )
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}")
+    ev = cfg.eval
+    for proto in ev.protocols:
+        if proto not in ("sampled", "full", "pointwise"):
+            raise ConfigError(f"eval.protocols has {proto!r}; allowed: sampled, full, pointwise")
+    for split in ev.splits:
+        if split not in ("valid", "test"):
+            raise ConfigError(f"eval.splits has {split!r}; allowed: valid, test")
+    if ev.num_negatives < 1 or ev.pointwise_negatives < 0 or any(k < 1 for k in ev.ks):
+        raise ConfigError("eval.num_negatives and eval.ks must be >= 1 (eval.pointwise_negatives >= 0)")
+    if ev.max_users is not None and ev.max_users < 1:
+        raise ConfigError(f"eval.max_users={ev.max_users} must be >= 1 or null (all users)")
+    if not re.fullmatch(r"valid/(sampled|full|pointwise)/\w+", ev.monitor):
+        raise ConfigError(f"eval.monitor={ev.monitor} must be a valid-split metric, e.g. valid/full/ndcg_10")
+    if cfg.dataset.kcore < 0 or cfg.dataset.min_user_interactions < 3:
+        raise ConfigError("dataset.kcore must be >= 0 and dataset.min_user_interactions >= 3 (train/valid/test)")
+    if cfg.method.name == "baseline" and (cfg.crm is None or OmegaConf.is_missing(cfg, "crm")):
+        raise ConfigError("quadrant=baseline needs crm=pop|bpr|sasrec")
+
+
+def group_options(group: str) -> list[str]:
+    """YAML options of a config group (schema_* entries are not options)."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []

@@ -1,0 +1,106 @@
+"""Structured-config schemas for the config groups that are not owned by a plugin module.
+
+Dataset, CRM and method schemas live next to their code (registered with `schema=`); this module holds the
+top-level run schema and the shared groups (quadrant, model, eval, trainer, tracking). Every YAML in a group
+pulls its schema through its defaults list, so an unknown key or a wrong type fails at compose time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+QUADRANTS = ("baseline", "1", "2", "3", "4")
+
+
+@dataclass
+class QuadrantConfig:
+    """Where the LLM enters (survey taxonomy). `default_method` is used when no `method=` is given."""
+
+    id: str = MISSING
+    llm: str = MISSING  # none | frozen | tuned
+    crm_at_inference: bool = MISSING
+    default_method: str = MISSING
+    description: str = ""
+
+
+@dataclass
+class MethodConfig:
+    """Base schema of a method; each method subclasses it with its own knobs."""
+
+    name: str = MISSING
+    quadrant: str = MISSING
+
+
+@dataclass
+class CRMConfig:
+    """Base schema of a conventional recommender; each CRM subclasses it."""
+
+    name: str = MISSING
+    from_run: Optional[str] = None  # reuse the CRM of a finished MLflow run instead of training it
+    trainable: bool = False  # when used as a component: tune it jointly (quadrant 1)
+
+
+@dataclass
+class ModelConfig:
+    """An LLM backbone (or `none` for pure CRM runs)."""
+
+    name: str = "none"
+    name_or_path: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    """The one evaluation protocol shared by every method (see README, "Evaluation protocol")."""
+
+    protocols: list[str] = field(default_factory=lambda: ["sampled", "full", "pointwise"])
+    splits: list[str] = field(default_factory=lambda: ["valid", "test"])
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    num_negatives: int = 19  # sampled protocol: target + N negatives not in the user's history
+    negative_sampling: str = "uniform"  # uniform | popularity
+    pointwise_negatives: int = 1  # pointwise protocol: unseen items added per user with label 0
+    like_threshold: Optional[float] = 4.0  # target labelled 1 when its rating >= this (or has no rating)
+    max_users: Optional[int] = None  # seeded subset of evaluation users, the same for every method
+    save_full_topk: int = 100  # predictions.parquet keeps the top K per user (+ the target) for `full`
+    batch_size: int = 512
+    monitor: str = "valid/full/ndcg_10"  # early-stopping / model-selection metric (valid split only)
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop shared by trainable methods."""
+
+    max_epochs: int = 200
+    patience: int = 10  # epochs without improvement of `eval.monitor` before stopping
+    eval_every: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. `uri` null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+
+    uri: Optional[str] = None
+    experiment: str = "llmrec"
+    log_predictions: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Top-level keys. Group nodes are typed by their own schemas (`Any` here)."""
+
+    dataset: Any = MISSING
+    quadrant: Any = MISSING
+    method: Any = MISSING
+    crm: Any = MISSING
+    model: Any = MISSING
+    eval: Any = MISSING
+    trainer: Any = MISSING
+    tracking: Any = MISSING
+    seed: int = 0
+    run_name: Optional[str] = None
+    output_dir: str = "outputs"  # local run folders (checkpoints); artifacts also go to MLflow
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags, e.g. +tags.note=ablation

@@ -1,0 +1,71 @@
+"""`llmrec validate` and `llmrec ls`: walk every config group and the registries."""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from llmrec_cli.config.compose import compose_run, conf_dir, group_options
+from llmrec_cli.errors import LlmrecError
+
+
+def _describe(group: str, name: str) -> str:
+    """The YAML's first comment line that is not the command, else ''."""
+    lines = (conf_dir() / group / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+    comments = [ln.lstrip("# ").strip() for ln in lines if ln.startswith("#") and "@package" not in ln]
+    return comments[1] if len(comments) > 1 else (comments[0] if comments else "")
+
+
+def catalogue() -> dict[str, list[tuple[str, str]]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for group in ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "experiment"):
+        rows = []
+        for name in group_options(group):
+            desc = _describe(group, name)
+            if group == "method":
+                desc = f"[quadrant {OmegaConf.load(conf_dir() / group / f'{name}.yaml').quadrant}] {desc}"
+            rows.append((name, desc))
+        out[group] = rows
+    return out
+
+
+def combinations() -> list[list[str]]:
+    """Every method (with its quadrant) x CRM x model, and every other group option with the defaults."""
+    combos: list[list[str]] = []
+    for method in group_options("method"):
+        for crm in group_options("crm"):
+            for model in group_options("model"):
+                combos.append([f"method={method}", f"crm={crm}", f"model={model}"])
+    for quadrant in group_options("quadrant"):
+        combos.append([f"quadrant={quadrant}"])
+    for group in ("dataset", "eval", "trainer", "tracking", "experiment"):
+        combos.extend([f"{group}={name}"] for name in group_options(group))
+    return combos
+
+
+def validate_all() -> tuple[list[str], int]:
+    """Compose every combination; also check each YAML names a registered implementation."""
+    from llmrec_cli import registry
+
+    errors: list[str] = []
+    combos = combinations()
+    for overrides in combos:
+        try:
+            compose_run(overrides)
+        except LlmrecError as exc:
+            errors.append(f"[{' '.join(overrides)}] {exc}")
+    try:
+        registry.load_all()
+    except Exception as exc:  # an import error in a plugin module
+        errors.append(f"registry: {type(exc).__name__}: {exc}")
+    for group, table, key in (("dataset", registry.DATASETS, "loader"), ("crm", registry.CRMS, "name"),
+                              ("method", registry.METHODS, "name")):
+        for name in group_options(group):
+            value = OmegaConf.load(conf_dir() / group / f"{name}.yaml").get(key)
+            if value not in table:
+                errors.append(f"conf/{group}/{name}.yaml: {key}={value} is not registered in llmrec_cli.registry")
+    for name in group_options("method"):
+        declared = str(OmegaConf.load(conf_dir() / "method" / f"{name}.yaml").quadrant)
+        entry = registry.METHODS.get(name)
+        if entry is not None and entry.info.get("quadrant") != declared:
+            errors.append(f"conf/method/{name}.yaml: quadrant={declared} but the code registers "
+                          f"quadrant={entry.info.get('quadrant')}")
+    return errors, len(combos)

@@ -1,0 +1,116 @@
+"""Conventional recommenders: a small shared base and the training loop with early stopping.
+
+A CRM scores items for (user, history) pairs and exposes its item/user embeddings and top-K retrieval, so later
+quadrants can reuse it as a component (`candidates=crm_topk`, CRM embeddings in prompts, text-initialised
+item tables). Training sees only the training part of each sequence (`PreparedData.train_sequence`).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmrec_cli.data.prepare import PreparedData
+from llmrec_cli.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class CRM(nn.Module):
+    """Base class. Subclasses implement `score`, and trainable ones `train_epoch` and `item_embeddings`."""
+
+    trainable = True
+
+    def __init__(self, cfg, n_users: int, n_items: int):
+        super().__init__()
+        self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def setup(self, data: PreparedData) -> None:
+        """Read what the model needs from training data (called before training and after loading)."""
+
+    def train_epoch(self, data: PreparedData, optimizer, rng: np.random.Generator, progress: bool) -> float:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray | None) -> torch.Tensor:
+        """Scores [n, c] of candidate `items` ([n, c]), or [n, n_items + 1] over all items when items is None."""
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items + 1, d]; row 0 is padding."""
+        raise NotImplementedError
+
+    def user_embeddings(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        """[n, d] user representations in the item-embedding space."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def topk(self, users: np.ndarray, histories: list[np.ndarray], k: int, exclude_history: bool = True) -> np.ndarray:
+        """Top-K item indices [n, k] over the whole catalogue (history items excluded by default)."""
+        scores = self.score(users, histories, None).float()
+        scores[:, 0] = -torch.inf
+        if exclude_history:
+            for r, h in enumerate(histories):
+                scores[r, torch.as_tensor(h, dtype=torch.long)] = -torch.inf
+        return scores.topk(k, dim=1).indices.cpu().numpy()
+
+    def make_optimizer(self):
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+def gather_or_all(scores_all: torch.Tensor, items: np.ndarray | None) -> torch.Tensor:
+    if items is None:
+        return scores_all
+    return scores_all.gather(1, torch.as_tensor(items, dtype=torch.long, device=scores_all.device))
+
+
+def fit_crm(crm: CRM, data: PreparedData, ctx, validate, monitor: str) -> dict[str, float]:
+    """Train with early stopping on the valid metric `monitor`; restore the best epoch's weights.
+
+    `validate()` returns valid-split metrics for the current weights; `ctx.log_metrics` gets per-epoch
+    `train/loss`, `train/epoch_seconds` and the valid metrics. Returns a summary for the run.
+    """
+    crm.setup(data)
+    if not crm.trainable:
+        return {"epochs": 0.0}
+    tcfg = ctx.cfg.trainer
+    rng = np.random.default_rng(ctx.seed)
+    optimizer = crm.make_optimizer()
+    best, best_epoch, best_state, bad = -np.inf, 0, None, 0
+    epoch_times = []
+    bar = progress_bar(range(1, tcfg.max_epochs + 1), desc=f"train {crm.cfg.name}", enabled=ctx.progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        crm.train()
+        loss = crm.train_epoch(data, optimizer, rng, progress=False)
+        epoch_times.append(time.perf_counter() - t0)
+        logged = {"train/loss": loss, "train/epoch_seconds": epoch_times[-1]}
+        if epoch % tcfg.eval_every == 0 or epoch == tcfg.max_epochs:
+            crm.eval()
+            valid = validate()
+            logged.update(valid)
+            value = valid[monitor]
+            if value > best:
+                best, best_epoch, bad = value, epoch, 0
+                best_state = copy.deepcopy(crm.state_dict())
+            else:
+                bad += 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss:.4f}", **{monitor.split("/")[-1]: f"{value:.4f}", "best": f"{best:.4f}"})
+        ctx.log_metrics(logged, epoch)
+        if bad >= tcfg.patience:
+            log.info("early stop at epoch %d (best %s=%.4f at epoch %d)", epoch, monitor, best, best_epoch)
+            break
+    if best_state is not None:
+        crm.load_state_dict(best_state)
+    crm.eval()
+    return {"epochs": float(epoch), "best_epoch": float(best_epoch), f"best/{monitor}": float(best),
+            "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else 0.0}

@@ -1,0 +1,72 @@
+"""BPR-MF (Rendle et al., UAI 2009): score = <user, item>, trained on (user, positive, sampled negative)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmrec_cli.crm.base import CRM
+from llmrec_cli.crm.configs import BPRConfig
+from llmrec_cli.registry import register_crm
+
+
+@register_crm("bpr", schema=BPRConfig)
+class BPR(CRM):
+    def __init__(self, cfg, n_users: int, n_items: int):
+        super().__init__(cfg, n_users, n_items)
+        self.user_emb = nn.Embedding(n_users, cfg.dim)
+        self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.user_emb.weight, std=0.1)
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+        self._pairs: tuple[np.ndarray, np.ndarray] | None = None
+
+    def setup(self, data) -> None:
+        users, items = data.train_pairs()
+        self._pairs = (users, items)
+        self._seen = set((users.astype(np.int64) * (self.n_items + 1) + items).tolist())
+
+    def train_epoch(self, data, optimizer, rng: np.random.Generator, progress: bool) -> float:
+        users, items = self._pairs
+        order = rng.permutation(len(users))
+        total, n = 0.0, 0
+        dev = self.device
+        for s in range(0, len(order), self.cfg.batch_size):
+            idx = order[s : s + self.cfg.batch_size]
+            u = np.repeat(users[idx], self.cfg.num_negatives)
+            pos = np.repeat(items[idx], self.cfg.num_negatives)
+            neg = self._sample_negatives(u, rng)
+            u_t, p_t, n_t = (torch.as_tensor(x, dtype=torch.long, device=dev) for x in (u, pos, neg))
+            ue, pe, ne = self.user_emb(u_t), self.item_emb(p_t), self.item_emb(n_t)
+            diff = (ue * pe).sum(-1) - (ue * ne).sum(-1)
+            loss = -F.logsigmoid(diff).mean() + self.cfg.reg * (ue.pow(2).sum() + pe.pow(2).sum() + ne.pow(2).sum()) / len(u)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(u)
+            n += len(u)
+        return total / max(n, 1)
+
+    def _sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        neg = rng.integers(1, self.n_items + 1, size=len(users))
+        for _ in range(20):  # resample the few that hit a training positive
+            bad = np.fromiter(((int(u) * (self.n_items + 1) + int(i)) in self._seen for u, i in zip(users, neg)),
+                              dtype=bool, count=len(users))
+            if not bad.any():
+                break
+            neg[bad] = rng.integers(1, self.n_items + 1, size=int(bad.sum()))
+        return neg
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def user_embeddings(self, users, histories) -> torch.Tensor:
+        return self.user_emb(torch.as_tensor(users, dtype=torch.long, device=self.device))
+
+    @torch.no_grad()
+    def score(self, users, histories, items):
+        ue = self.user_embeddings(users, histories)
+        if items is None:
+            return ue @ self.item_emb.weight.T
+        it = self.item_emb(torch.as_tensor(items, dtype=torch.long, device=self.device))
+        return torch.einsum("nd,ncd->nc", ue, it)

@@ -1,0 +1,35 @@
+"""Get prepared data for a dataset config: from the cache, or read with its loader, prepare and cache."""
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmrec_cli import registry
+from llmrec_cli.data import prepare as prep
+from llmrec_cli.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_raw(dataset_cfg: DictConfig):
+    import llmrec_cli.data.sources  # noqa: F401  (registers loaders)
+
+    entry = registry.DATASETS.get(dataset_cfg.loader)
+    if entry is None:
+        raise ConfigError(f"dataset.loader={dataset_cfg.loader} is not a registered loader: "
+                          f"one of {', '.join(sorted(registry.DATASETS))}")
+    return entry.obj(dataset_cfg)
+
+
+def load_prepared(dataset_cfg: DictConfig, force: bool = False) -> prep.PreparedData:
+    cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
+    key = prep.dataset_key(cfg)
+    if not force:
+        cached = prep.load(key)
+        if cached is not None:
+            return cached
+    log.info("preparing dataset=%s (cache key %s)", cfg["name"], key)
+    data = prep.prepare(load_raw(dataset_cfg), cfg)
+    prep.save(data)
+    return data

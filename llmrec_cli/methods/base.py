@@ -1,0 +1,64 @@
+"""The method interface: fit on training data, score candidates. Methods never see targets or labels.
+
+The evaluator asks a fitted method for scores of (user, candidate) pairs on a split; the method builds the
+user's context from `data.history(u, split)` (train items for valid; train + valid target for test).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from llmrec_cli.data.prepare import PreparedData
+
+
+@dataclass
+class RunContext:
+    """What a method gets besides its config: seed, device, where to write, how to report."""
+
+    cfg: Any  # the whole resolved run config (DictConfig)
+    seed: int
+    device: str
+    output_dir: Path
+    log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    validate: Callable[["Method"], dict[str, float]] | None = None  # valid-split metrics for early stopping
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set `score_kind` and implement `fit` and `score` (and may override `score_full`)."""
+
+    #: How pointwise scores map to probabilities for log-loss: "probability", "logit" (sigmoid) or "score" (none).
+    score_kind = "logit"
+    #: Whether `score_full` is affordable (LLM rankers usually only score sampled candidates).
+    supports_full = True
+
+    def __init__(self, cfg, ctx: RunContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.data: PreparedData | None = None
+
+    def fit(self, data: PreparedData) -> dict[str, float]:
+        """Train on `data` (training interactions only). Returns summary numbers (epochs, best valid metric)."""
+        self.data = data
+        return {}
+
+    def score(self, split: str, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Scores [n_users, n_candidates] for candidate `items[i]` of `users[i]`; higher is better."""
+        raise NotImplementedError
+
+    def score_full(self, split: str, users: np.ndarray) -> np.ndarray:
+        """Scores [n_users, n_items + 1] over the whole catalogue (column 0 is padding)."""
+        assert self.data is not None
+        items = np.broadcast_to(np.arange(self.data.n_items + 1), (len(users), self.data.n_items + 1))
+        return self.score(split, users, np.ascontiguousarray(items))
+
+    def save(self, path: Path) -> list[Path]:
+        """Write what `load` needs to rebuild the fitted method; returns the files written."""
+        return []
+
+    def load(self, path: Path, data: PreparedData) -> None:
+        self.data = data

@@ -1,0 +1,58 @@
+"""Quadrant `baseline`: a conventional recommender alone (`crm=pop|bpr|sasrec`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmrec_cli import registry
+from llmrec_cli.crm.base import CRM, fit_crm
+from llmrec_cli.methods.base import Method
+from llmrec_cli.methods.configs import BaselineConfig
+from llmrec_cli.registry import register_method
+
+
+def build_crm(crm_cfg, n_users: int, n_items: int, device: str) -> CRM:
+    entry = registry.CRMS[crm_cfg.name]
+    return entry.obj(crm_cfg, n_users, n_items).to(device)
+
+
+class CRMMethod(Method):
+    """Adapts a CRM to the method interface; also the way later quadrants evaluate a CRM component."""
+
+    def __init__(self, cfg, ctx, crm: CRM | None = None):
+        super().__init__(cfg, ctx)
+        self.crm = crm
+        self.score_kind = "score" if getattr(ctx.cfg.crm, "name", "") == "pop" else "logit"
+
+    def _histories(self, split: str, users: np.ndarray) -> list[np.ndarray]:
+        return [self.data.history(int(u), split) for u in users]
+
+    def score(self, split, users, items):
+        return self.crm.score(users, self._histories(split, users), items).float().cpu().numpy()
+
+    def score_full(self, split, users):
+        return self.crm.score(users, self._histories(split, users), None).float().cpu().numpy()
+
+    def save(self, path: Path) -> list[Path]:
+        path.mkdir(parents=True, exist_ok=True)
+        file = path / "crm.pt"
+        torch.save({"name": self.crm.cfg.name, "state_dict": self.crm.state_dict()}, file)
+        return [file]
+
+    def load(self, path: Path, data) -> None:
+        self.data = data
+        self.crm = build_crm(self.ctx.cfg.crm, data.n_users, data.n_items, self.ctx.device)
+        self.crm.setup(data)
+        state = torch.load(path / "crm.pt", map_location=self.ctx.device)
+        self.crm.load_state_dict(state["state_dict"])
+        self.crm.eval()
+
+
+@register_method("baseline", quadrant="baseline", schema=BaselineConfig)
+class Baseline(CRMMethod):
+    def fit(self, data):
+        self.data = data
+        self.crm = build_crm(self.ctx.cfg.crm, data.n_users, data.n_items, self.ctx.device)
+        return fit_crm(self.crm, data, self.ctx, lambda: self.ctx.validate(self), self.ctx.cfg.eval.monitor)

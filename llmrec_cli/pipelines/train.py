@@ -1,0 +1,156 @@
+"""`llmrec train`: prepare -> plan -> fit -> evaluate -> log, in one readable function.
+
+Feature -> config key:
+- data and split: `dataset=`, `dataset.path=`, `dataset.min_rating=`, `dataset.kcore=` (cached, hashed)
+- shared candidates: `eval.num_negatives=`, `eval.negative_sampling=`, `eval.max_users=`, `seed=` (cached, hashed)
+- method: `quadrant=`, `method=`, `crm=`, `model=`; training loop: `trainer.*` (early stopping on `eval.monitor`)
+- tracking: `tracking.uri=`, `tracking.experiment=`, `run_name=`, `+tags.KEY=VALUE`
+
+Every run ends in MLflow as FINISHED, FAILED (with the error as tag `error`) or KILLED (Ctrl-C).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmrec_cli import registry
+from llmrec_cli.tracking import Tracker, flatten, git_info, library_versions
+from llmrec_cli.utils.io import atomic_path, atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_name: str
+    metrics: dict[str, float]
+    tracking_uri: str
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    parts = [f"q{cfg.quadrant.id}" if cfg.quadrant.id != "baseline" else "baseline", cfg.method.name]
+    if uses_crm(cfg):
+        parts.append(cfg.crm.name)
+    if cfg.model.name != "none":
+        parts.append(cfg.model.name)
+    return "-".join([*dict.fromkeys(parts), cfg.dataset.name, f"s{cfg.seed}"])
+
+
+def uses_crm(cfg: DictConfig) -> bool:
+    return cfg.quadrant.id in ("baseline", "1", "2")
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    tags = {
+        "quadrant": cfg.quadrant.id, "method": cfg.method.name, "dataset": cfg.dataset.name,
+        "model": cfg.model.name, "crm": cfg.crm.name if uses_crm(cfg) else "none", "seed": cfg.seed,
+        **git_info(), **{f"version.{k}": v for k, v in library_versions().items()}, **dict(cfg.tags),
+    }
+    return {k: str(v) for k, v in tags.items()}
+
+
+def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary:
+    """Start an MLflow run, call `body(tracker, run_id) -> metrics`, and always terminate the run."""
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    run_name = cfg.run_name or default_run_name(cfg)
+    run_id = tracker.start(run_name, {**run_tags(cfg), **(extra_tags or {})})
+    try:
+        metrics = body(tracker, run_id)
+    except KeyboardInterrupt:
+        tracker.set_tags({"error": "interrupted (KeyboardInterrupt)"})
+        tracker.end("KILLED")
+        raise
+    except BaseException as exc:
+        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__})
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return RunSummary(run_id, run_name, metrics, tracker.uri)
+
+
+def run_train(cfg: DictConfig) -> RunSummary:
+    return tracked(cfg, lambda tracker, run_id: _train(cfg, tracker, run_id))
+
+
+@dataclass
+class Session:
+    """What every pipeline sets up before a method runs: data, the shared plan, the evaluator, the context."""
+
+    data: object
+    plan: object
+    evaluator: object
+    ctx: object
+    run_dir: Path
+    resolved_yaml: str
+    timings: dict
+
+
+def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
+    from llmrec_cli.data.candidates import get_plan
+    from llmrec_cli.data.load import load_prepared
+    from llmrec_cli.eval.evaluator import Evaluator
+    from llmrec_cli.methods.base import RunContext
+    from llmrec_cli.utils.runtime import configure_threads, resolve_device, seed_everything
+
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tracker.log_text(resolved, "config.yaml")
+    configure_threads(cfg.trainer.num_threads)
+    seed_everything(int(cfg.seed))
+    device = resolve_device(cfg.trainer.device)
+    tracker.set_tags({"device": device})
+
+    t0 = time.perf_counter()
+    data = load_prepared(cfg.dataset)
+    plan = get_plan(data, cfg.eval, int(cfg.seed))
+    tracker.set_tags({"dataset_hash": data.data_hash, "candidate_set_hash": plan.hash,
+                      "n_users": data.n_users, "n_items": data.n_items})
+    timings = {"time/prepare_seconds": time.perf_counter() - t0}
+    evaluator = Evaluator(data, plan, cfg.eval)
+    monitor_split, monitor_proto, _ = cfg.eval.monitor.split("/")
+    registry.load_all()
+    run_dir = Path(cfg.output_dir) / run_id
+    ctx = RunContext(
+        cfg=cfg, seed=int(cfg.seed), device=device, output_dir=run_dir,
+        log_metrics=tracker.log_metrics,
+        validate=lambda m: evaluator.evaluate(m, splits=[monitor_split], protocols=[monitor_proto]).metrics,
+        progress=bool(cfg.trainer.progress),
+    )
+    return Session(data, plan, evaluator, ctx, run_dir, resolved, timings)
+
+
+def _train(cfg: DictConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
+    s = setup(cfg, tracker, run_id)
+    method = registry.METHODS[cfg.method.name].obj(cfg.method, s.ctx)
+    t0 = time.perf_counter()
+    fit_summary = method.fit(s.data) or {}
+    s.timings["time/fit_seconds"] = time.perf_counter() - t0
+    ckpt = s.run_dir / "checkpoint"
+    method.save(ckpt)
+    atomic_write(ckpt / "config.yaml", s.resolved_yaml)
+    tracker.log_artifact(ckpt, "checkpoint")
+    return evaluate_and_log(method, s, tracker, {f"fit/{k}": v for k, v in fit_summary.items()})
+
+
+def evaluate_and_log(method, s: Session, tracker: Tracker, extra: dict[str, float]) -> dict[str, float]:
+    """Score every split and protocol, log final metrics (step 0) and the per-user/prediction frames."""
+    cfg = s.ctx.cfg
+    t0 = time.perf_counter()
+    result = s.evaluator.evaluate(method, keep_predictions=bool(cfg.tracking.log_predictions),
+                                  progress=s.ctx.progress)
+    s.timings["time/eval_seconds"] = time.perf_counter() - t0
+    final = {**result.metrics, **extra, **s.timings}
+    tracker.log_metrics(final, step=0)
+    for name, frame in (("per_user_metrics", result.per_user), ("predictions", result.predictions)):
+        if frame is None:
+            continue
+        path = s.run_dir / f"{name}.parquet"
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, index=False)
+        tracker.log_artifact(path)
+    return final
