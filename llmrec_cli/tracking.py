@@ -6,6 +6,7 @@ Store: `tracking.uri` if given, else $MLFLOW_TRACKING_URI, else `sqlite:///mlflo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):  # schema-creation chatter
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = resolve_uri(uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)

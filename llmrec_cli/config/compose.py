@@ -84,6 +84,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{head}: {detail}" if detail and detail not in head else head
 
 
+def _quote_numeric_choice(item: str) -> str:
+    """`quadrant=3` -> `quadrant='3'`: Hydra parses 3 as an int, but group choices are strings."""
+    m = re.fullmatch(r"(\+?)(\w+)=(\d+)", item)
+    if m and m.group(2) in GROUPS:
+        return f"{m.group(1)}{m.group(2)}='{m.group(3)}'"
+    return item
+
+
 def _check_group_choices(overrides: list[str]) -> None:
     for item in overrides:
         m = re.fullmatch(r"\+?(\w+)=(.*)", item)
@@ -91,7 +99,7 @@ def _check_group_choices(overrides: list[str]) -> None:
             continue
         group, value = m.groups()
         options = group_options(group)
-        for choice in value.split(","):
+        for choice in (c.strip("'\"") for c in value.split(",")):
             if choice not in options and not (group == "experiment" and choice == "null"):
                 raise ConfigError(f"{group}={choice} is not a known option; available: {', '.join(options)}")
 
@@ -114,6 +122,7 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         raise ConfigError(f"unknown option {bad[0]!r}: overrides are key=value (Hydra grammar), options go first")
+    overrides = [_quote_numeric_choice(o) for o in overrides]
     _check_group_choices(overrides)
     register_schemas()
     GlobalHydra.instance().clear()
@@ -128,7 +137,7 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         elif OmegaConf.is_missing(cfg, "quadrant"):
             extra.append(f"quadrant={cfg.method.quadrant}")
         if extra:
-            cfg = _compose(overrides + extra)
+            cfg = _compose(overrides + [_quote_numeric_choice(o) for o in extra])
     validate(cfg)
     return cfg
 

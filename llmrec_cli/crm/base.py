@@ -59,7 +59,7 @@ class CRM(nn.Module):
         scores[:, 0] = -torch.inf
         if exclude_history:
             for r, h in enumerate(histories):
-                scores[r, torch.as_tensor(h, dtype=torch.long)] = -torch.inf
+                scores[r, torch.as_tensor(np.array(h), dtype=torch.long, device=scores.device)] = -torch.inf
         return scores.topk(k, dim=1).indices.cpu().numpy()
 
     def make_optimizer(self):

@@ -27,6 +27,8 @@ def left_pad(seqs: list[np.ndarray], length: int) -> np.ndarray:
 
 @register_crm("sasrec", schema=SASRecConfig)
 class SASRec(CRM):
+    #: Pad every training batch to max_len (the textbook loop; `scripts/bench_crm.py` compares against it).
+    pad_to_max_len = False
     def __init__(self, cfg, n_users: int, n_items: int):
         super().__init__(cfg, n_users, n_items)
         h = cfg.hidden
@@ -48,7 +50,9 @@ class SASRec(CRM):
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Hidden states [n, L, h] for left-padded item sequences [n, L]."""
         L = seq.shape[1]
-        pos = torch.arange(L, device=seq.device)
+        # Positions count back from the most recent item, as if every sequence were padded to max_len, so a
+        # user's scores do not depend on how wide the batch is.
+        pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device)
         x = self.item_emb(seq) * (self.cfg.hidden ** 0.5) + self.pos_emb(pos)[None]
         x = self.emb_dropout(x)
         pad = seq == 0
@@ -71,7 +75,7 @@ class SASRec(CRM):
         total, count = 0.0, 0
         for idx in self._length_batches(rng):
             batch = [self._windows[i] for i in idx]
-            width = min(L, max(len(w) for w in batch) - 1)  # pad to the longest window in the batch
+            width = L if self.pad_to_max_len else min(L, max(len(w) for w in batch) - 1)
             inp = torch.as_tensor(left_pad([w[:-1] for w in batch], width), device=dev)
             tgt = torch.as_tensor(left_pad([w[1:] for w in batch], width), device=dev)
             hidden = self.encode(inp)

@@ -115,7 +115,10 @@ def _hash(splits: dict[str, SplitPlan]) -> str:
 def get_plan(data: PreparedData, eval_cfg, seed: int) -> EvalPlan:
     """Load the plan for (data, settings) from the cache, or build and cache it (atomically)."""
     settings = plan_settings(eval_cfg, seed)
-    key = sha256_text(json.dumps([PLAN_VERSION, data.data_hash, settings], sort_keys=True))[:16]
+    # data_hash covers sequences and ids only; the pointwise labels also depend on the ratings
+    r = np.asarray(data.seq_ratings, dtype=np.float64)
+    ratings = hashlib.sha256(np.where(np.isnan(r), np.nan, r).tobytes()).hexdigest()[:16]  # one NaN bit pattern
+    key = sha256_text(json.dumps([PLAN_VERSION, data.data_hash, ratings, settings], sort_keys=True))[:16]
     path = cache_dir() / "plans" / f"{data.data_hash}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:

@@ -85,13 +85,16 @@ class Evaluator:
             valid[np.arange(len(users)), targets] = True  # the target stays a candidate even if seen before
             ranks[s:e] = M.target_ranks(scores, targets, valid)
             if keep:
-                masked = np.where(valid, M._clean(scores), -np.inf)
+                # candidates first (NaN / -inf scores lifted just above the excluded columns), then the rest
+                masked = np.where(valid, np.maximum(M._clean(scores), np.finfo(np.float64).min), -np.inf)
                 k = min(topk, n_cols - 1)
                 top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
                 with_t = np.concatenate([top, targets[:, None]], axis=1)
                 dup = (top == targets[:, None]).any(axis=1)  # target already in the top K: drop the extra copy
                 keep_col = np.ones_like(with_t, dtype=bool)
                 keep_col[dup, -1] = False
+                # rows with fewer than K candidates: never write history items or the padding column
+                keep_col[:, :-1] &= np.take_along_axis(valid, top, axis=1)
                 rr = np.repeat(np.arange(len(users))[:, None], with_t.shape[1], axis=1)[keep_col]
                 items = with_t[keep_col]
                 rows.append(self._pred_frame(users[rr][:, None], items[:, None], scores[rr, items][:, None],

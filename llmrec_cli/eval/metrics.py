@@ -55,8 +55,10 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy; probabilities clipped to [eps, 1 - eps], NaN counts as 0 (the lowest score)."""
     labels = np.asarray(labels, dtype=np.float64).ravel()
-    probs = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    probs = np.clip(np.where(np.isnan(probs), 0.0, probs), eps, 1 - eps)
     return float(-np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)))
 
 

@@ -11,6 +11,8 @@ Every run ends in MLflow as FINISHED, FAILED (with the error as tag `error`) or 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,7 @@ def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     run_name = cfg.run_name or default_run_name(cfg)
     run_id = tracker.start(run_name, {**run_tags(cfg), **(extra_tags or {})})
+    previous = _sigterm_as_interrupt()
     try:
         metrics = body(tracker, run_id)
     except KeyboardInterrupt:
@@ -69,8 +72,22 @@ def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary
         tracker.set_tags({"error": f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__})
         tracker.end("FAILED")
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     tracker.end("FINISHED")
     return RunSummary(run_id, run_name, metrics, tracker.uri)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler or `kill`) ends the run as KILLED, like Ctrl-C. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 def run_train(cfg: DictConfig) -> RunSummary:
