@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmrec_cli import registry
 from llmrec_cli.data import prepare as prep
 from llmrec_cli.errors import ConfigError
+from llmrec_cli.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def load_raw(dataset_cfg: DictConfig):
     return entry.obj(dataset_cfg)
 
 
-def load_prepared(dataset_cfg: DictConfig, force: bool = False) -> prep.PreparedData:
+def load_prepared(dataset_cfg: DictConfig, force: bool = False, progress: bool = True) -> prep.PreparedData:
     cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
     key = prep.dataset_key(cfg)
     if not force:
@@ -30,6 +31,19 @@ def load_prepared(dataset_cfg: DictConfig, force: bool = False) -> prep.Prepared
         if cached is not None:
             return cached
     log.info("preparing dataset=%s (cache key %s)", cfg["name"], key)
-    data = prep.prepare(load_raw(dataset_cfg), cfg)
+    bar = progress_bar(None, desc=f"prepare {cfg['name']}", total=3, enabled=progress)
+    raw = load_raw(dataset_cfg)
+    _advance(bar, "files read")
+    data = prep.prepare(raw, cfg)
+    _advance(bar, "filtered and split")
     prep.save(data)
+    _advance(bar, "cached")
+    if bar is not None:
+        bar.close()
     return data
+
+
+def _advance(bar, note: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(note)
+        bar.update(1)

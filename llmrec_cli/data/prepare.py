@@ -94,12 +94,27 @@ class PreparedData:
 
 
 def dataset_key(dataset_cfg: dict) -> str:
-    """Cache key of prepared data: the config minus download details, the data location, the version."""
+    """Cache key of prepared data: the config minus download details, the version, and the size and mtime
+    of the local source files (so editing a file in place invalidates the cache)."""
     cfg = {k: v for k, v in dataset_cfg.items() if k not in ("url", "sha256")}
-    return sha256_text(json.dumps([PREP_VERSION, cfg, os.environ.get("LLMREC_DATA_DIR", "")], sort_keys=True))[:16]
+    return sha256_text(json.dumps([PREP_VERSION, cfg, _source_stat(dataset_cfg)], sort_keys=True))[:16]
 
 
-def prepare(raw: RawData, dataset_cfg: dict, progress=None) -> PreparedData:
+def _source_stat(cfg: dict) -> list:
+    """(name, size, mtime) of the files at dataset.path, or at $LLMREC_DATA_DIR/<subdir or name>."""
+    root = os.environ.get("LLMREC_DATA_DIR")
+    candidates = [cfg.get("path"), cfg.get("items_path")]
+    if root:
+        candidates.append(os.path.join(root, cfg.get("subdir") or cfg.get("name") or ""))
+    out = []
+    for c in filter(None, candidates):
+        p = Path(c).expanduser()
+        files = sorted(p.iterdir()) if p.is_dir() else [p] if p.is_file() else []
+        out += [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files if f.is_file()]
+    return out
+
+
+def prepare(raw: RawData, dataset_cfg: dict) -> PreparedData:
     """Filter, k-core, order and index RAW; pure function of its inputs (no caching here)."""
     name = dataset_cfg["name"]
     df = raw.interactions.reset_index(drop=True)

@@ -90,8 +90,9 @@ def test_target_position_is_shuffled(data):
     assert counts.max() <= 30 and (counts > 0).sum() >= 16  # ~12 per column expected
     assert 6.0 < pos.mean() < 13.0  # uniform mean is 9.5
     # the rows are shuffled independently: the negatives are not in sorted/sampled order either
-    assert not all((np.diff(np.delete(r, p)) > 0).all() for r, p in zip(plan["test"].sampled, strict=True,
-                                                                          plan["test"].sampled_target_pos))
+    t = plan["test"]
+    negs = [np.delete(r, p) for r, p in zip(t.sampled, t.sampled_target_pos, strict=True)]
+    assert not all((np.diff(n) > 0).all() for n in negs)
 
 
 def test_same_seed_same_plan_other_seed_other_plan(data):

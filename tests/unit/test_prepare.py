@@ -46,7 +46,7 @@ def random_raw(seed: int, n_users=25, n_items=30, repeats=True) -> RawData:
     for u in range(n_users):
         n = int(rng.integers(2, 12))
         items = rng.integers(1, n_items + 1, n) if repeats else rng.choice(np.arange(1, n_items + 1), n, False)
-        for i, t in zip(items, rng.integers(0, 4, n)):
+        for i, t in zip(items, rng.integers(0, 4, n), strict=True):
             rows.append((f"u{u}", f"i{i}", int(t), float(rng.integers(1, 6))))
     order = rng.permutation(len(rows))  # interleave users in the file
     return make_raw([rows[k] for k in order])
@@ -212,7 +212,7 @@ def test_leakage_guard_with_repeated_target():
     u = list(data.user_ids).index("u")
     assert [data.item_ids[i] for i in data.train_sequence(u)] == ["x", "y"]
     assert data.item_ids[data.target(u, "valid")] == "z" and data.item_ids[data.target(u, "test")] == "x"
-    counts = dict(zip(data.item_ids, data.train_counts()))
+    counts = dict(zip(data.item_ids, data.train_counts(), strict=True))
     assert counts == {"<pad>": 0, "x": 1, "y": 2, "z": 0}  # z is only ever a valid target
 
 
