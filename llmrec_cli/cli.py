@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -52,9 +51,9 @@ def train(ctx: typer.Context) -> None:
 @app.command("eval", context_settings=OVERRIDES)
 def eval_(
     ctx: typer.Context,
-    run: Optional[str] = typer.Option(None, "--run", help="MLflow run id of a finished run to re-evaluate."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run's local checkpoint folder."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
+    run: str | None = typer.Option(None, "--run", help="MLflow run id of a finished run to re-evaluate."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="A run's local checkpoint folder."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
                                                "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."),
 ) -> None:
     """Re-evaluate a finished run or checkpoint (overrides: eval.*, e.g. eval.num_negatives=99)."""
@@ -140,7 +139,7 @@ def ls() -> None:
 def ui(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(5000, help="Port to listen on."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store (default: "
                                                "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)."),
 ) -> None:
     """Start the MLflow UI on the llmrec store."""

@@ -5,9 +5,10 @@ Nothing here imports torch, so listing is instant.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -38,11 +38,10 @@ def register_schemas() -> None:
         return
     from hydra.core.config_store import ConfigStore
 
+    import llmrec_cli.data.sources  # noqa: F401  (registers the dataset loaders; pandas only, no torch)
     from llmrec_cli import registry
     from llmrec_cli.crm.configs import SCHEMAS as CRM_SCHEMAS
     from llmrec_cli.methods.configs import SCHEMAS as METHOD_SCHEMAS
-
-    import llmrec_cli.data.sources  # noqa: F401  (registers the dataset loaders; pandas only, no torch)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=schema.RunConfig)
     for group, node in (("quadrant", schema.QuadrantConfig), ("model", schema.ModelConfig),

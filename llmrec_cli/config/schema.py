@@ -7,7 +7,7 @@ pulls its schema through its defaults list, so an unknown key or a wrong type fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -38,7 +38,7 @@ class CRMConfig:
     """Base schema of a conventional recommender; each CRM subclasses it."""
 
     name: str = MISSING
-    from_run: Optional[str] = None  # reuse the CRM of a finished MLflow run instead of training it
+    from_run: str | None = None  # reuse the CRM of a finished MLflow run instead of training it
     trainable: bool = False  # when used as a component: tune it jointly (quadrant 1)
 
 
@@ -47,7 +47,7 @@ class ModelConfig:
     """An LLM backbone (or `none` for pure CRM runs)."""
 
     name: str = "none"
-    name_or_path: Optional[str] = None
+    name_or_path: str | None = None
 
 
 @dataclass
@@ -60,8 +60,8 @@ class EvalConfig:
     num_negatives: int = 19  # sampled protocol: target + N negatives not in the user's history
     negative_sampling: str = "uniform"  # uniform | popularity
     pointwise_negatives: int = 1  # pointwise protocol: unseen items added per user with label 0
-    like_threshold: Optional[float] = 4.0  # target labelled 1 when its rating >= this (or has no rating)
-    max_users: Optional[int] = None  # seeded subset of evaluation users, the same for every method
+    like_threshold: float | None = 4.0  # target labelled 1 when its rating >= this (or has no rating)
+    max_users: int | None = None  # seeded subset of evaluation users, the same for every method
     save_full_topk: int = 100  # predictions.parquet keeps the top K per user (+ the target) for `full`
     batch_size: int = 512
     monitor: str = "valid/full/ndcg_10"  # early-stopping / model-selection metric (valid split only)
@@ -75,7 +75,7 @@ class TrainerConfig:
     patience: int = 10  # epochs without improvement of `eval.monitor` before stopping
     eval_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
-    num_threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     progress: bool = True
 
 
@@ -83,7 +83,7 @@ class TrainerConfig:
 class TrackingConfig:
     """MLflow. `uri` null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
 
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "llmrec"
     log_predictions: bool = True
 
@@ -101,6 +101,6 @@ class RunConfig:
     trainer: Any = MISSING
     tracking: Any = MISSING
     seed: int = 0
-    run_name: Optional[str] = None
+    run_name: str | None = None
     output_dir: str = "outputs"  # local run folders (checkpoints); artifacts also go to MLflow
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags, e.g. +tags.note=ablation

@@ -50,7 +50,7 @@ class BPR(CRM):
     def _sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         neg = rng.integers(1, self.n_items + 1, size=len(users))
         for _ in range(20):  # resample the few that hit a training positive
-            bad = np.fromiter(((int(u) * (self.n_items + 1) + int(i)) in self._seen for u, i in zip(users, neg)),
+            bad = np.fromiter(((int(u) * (self.n_items + 1) + int(i)) in self._seen for u, i in zip(users, neg, strict=True)),
                               dtype=bool, count=len(users))
             if not bad.any():
                 break

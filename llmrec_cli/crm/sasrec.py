@@ -71,7 +71,7 @@ class SASRec(CRM):
         self._windows = windows
 
     def train_epoch(self, data, optimizer, rng: np.random.Generator, progress: bool) -> float:
-        L, bs, dev = self.cfg.max_len, self.cfg.batch_size, self.device
+        L, dev = self.cfg.max_len, self.device
         total, count = 0.0, 0
         for idx in self._length_batches(rng):
             batch = [self._windows[i] for i in idx]

@@ -5,9 +5,10 @@ user's context from `data.history(u, split)` (train items for valid; train + val
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class RunContext:
     device: str
     output_dir: Path
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
-    validate: Callable[["Method"], dict[str, float]] | None = None  # valid-split metrics for early stopping
+    validate: Callable[[Method], dict[str, float]] | None = None  # valid-split metrics for early stopping
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -9,7 +9,6 @@ import torch
 
 from llmrec_cli import registry
 from llmrec_cli.config.compose import compose_run
-from llmrec_cli.crm.base import fit_crm
 from llmrec_cli.data.candidates import get_plan
 from llmrec_cli.data.load import load_prepared
 from llmrec_cli.eval.evaluator import Evaluator
@@ -74,7 +73,7 @@ def test_crm_component_api(setup):
     assert crm.user_embeddings(users, hist).shape == (5, cfg.crm.hidden)
     top = crm.topk(users, hist, k=10)
     assert top.shape == (5, 10)
-    for row, h in zip(top, hist):
+    for row, h in zip(top, hist, strict=True):
         assert not set(row.tolist()) & set(h.tolist()) and 0 not in row
     full = crm.score(users, hist, None)
     some = crm.score(users, hist, np.tile(np.arange(1, 6), (5, 1)))
