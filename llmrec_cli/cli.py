@@ -48,6 +48,33 @@ def train(ctx: typer.Context) -> None:
     _print_results(summary)
 
 
+@app.command(context_settings=OVERRIDES)
+def sweep(
+    ctx: typer.Context,
+    multirun: bool = typer.Option(True, "-m", "--multirun", help="Hydra's multirun flag (implied)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List and compose every job, print the launcher "
+                                 "settings, run nothing."),
+) -> None:
+    """Sweep a grid: llmrec sweep -m quadrant=baseline crm=pop,bpr,sasrec seed=0,1,2 launcher=joblib"""
+    from llmrec_cli.pipelines import sweep as sw
+
+    overrides = [o for o in ctx.args if o not in ("-m", "--multirun")]
+    if dry_run:
+        jobs, errors, launcher = sw.dry_run(overrides)
+        for num, job in enumerate(jobs):
+            typer.echo(f"{num:>3}  {' '.join(job)}")
+        typer.echo(f"launcher: {launcher}")
+        for err in errors:
+            typer.echo(f"error: {err}", err=True)
+        typer.echo(f"{len(jobs)} jobs, {len(errors)} with config errors")
+        raise typer.Exit(2 if errors else 0)
+    parent, statuses = sw.run_sweep(overrides)
+    typer.echo(sw.format_status(statuses))
+    typer.echo(f"sweep parent run {parent}  (llmrec compare --parent {parent})")
+    if any(s.returncode != 0 for s in statuses):
+        raise typer.Exit(1)
+
+
 @app.command("eval", context_settings=OVERRIDES)
 def eval_(
     ctx: typer.Context,

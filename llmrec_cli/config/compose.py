@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmrec_cli.config import schema
 from llmrec_cli.errors import ConfigError
 
-GROUPS = ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "tracking", "experiment")
+GROUPS = ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "tracking", "experiment", "launcher")
 CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "eval.negative_sampling": ("uniform", "popularity"),
