@@ -149,3 +149,57 @@ def git_info() -> dict[str, str]:
     if sha.returncode != 0:
         return {"git_sha": "unknown"}
     return {"git_sha": sha.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+def search_runs(uri: str, experiment_names: list[str] | None = None):
+    """Every run of the given experiments (default: all) as mlflow.search_runs' DataFrame.
+
+    Columns: run_id, experiment_id, status, start_time, end_time, `tags.*`, `params.*`, `metrics.*`.
+    A missing SQLite file or an unknown experiment name is a one-line `LlmrecError`.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from llmrec_cli.errors import LlmrecError
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LlmrecError(f"no MLflow store at {uri}: run `llmrec train ...` first, or pass --tracking-uri")
+    for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    client = MlflowClient(tracking_uri=uri)
+    exps = client.search_experiments()
+    if experiment_names:
+        known = {e.name: e.experiment_id for e in exps}
+        missing = [n for n in experiment_names if n not in known]
+        if missing:
+            raise LlmrecError(f"unknown experiment {missing[0]!r} in {uri}; known: {', '.join(sorted(known))}")
+        ids = [known[n] for n in experiment_names]
+    else:
+        ids = [e.experiment_id for e in exps]
+    if not ids:
+        import pandas as pd
+
+        return pd.DataFrame(columns=["run_id", "experiment_id", "status"])
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_ids=ids, max_results=100_000, output_format="pandas")
+
+
+def download_artifact(uri: str, run_id: str, artifact_path: str, dst: Path) -> Path | None:
+    """Download one artifact of a run into `dst`; None when the run has no such artifact."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, artifact_path, str(dst)))
+    except Exception:  # missing artifact (failed run) or unreadable store: the caller reports "no data"
+        return None
+
+
+def log_files(uri: str, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    """Attach files to an existing run (e.g. comparison plots to a sweep's parent run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)

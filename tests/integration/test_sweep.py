@@ -1,0 +1,55 @@
+"""`llmrec sweep`: parent/child runs, parallel joblib children, a failing job, the SLURM dry run."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from llmrec_cli.pipelines.sweep import _quote_groups, expand
+from tests.integration.test_cli import llmrec
+
+
+def test_expand_is_the_cartesian_product_and_quotes_numeric_quadrants():
+    jobs = expand(["quadrant=1,2", "seed=0,1,2", "dataset=synthetic"])
+    assert len(jobs) == 6 and jobs[0] == ["quadrant='1'", "seed=0", "dataset=synthetic"]
+    assert _quote_groups("quadrant=1,2,baseline") == "quadrant='1','2','baseline'"
+    assert _quote_groups("seed=0,1") == "seed=0,1"
+
+
+def test_joblib_sweep_nests_children_under_one_parent_and_reports_failures(work):
+    path, uri = work
+    p = llmrec("sweep", "-m", "quadrant=baseline", "crm=pop,bpr", "seed=0,1", "dataset=synthetic",
+               "trainer.max_epochs=1", "launcher=joblib", f"tracking.uri={uri}", cwd=path)
+    assert "4 jobs: 4 ok, 0 failed" in p.stdout and "database is locked" not in (p.stdout + p.stderr).lower()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    kids = runs[runs["tags.mlflow.parentRunId"].notna()]
+    parents = runs[runs["tags.sweep"] == "true"]
+    assert len(kids) == 4 and set(kids["status"]) == {"FINISHED"}
+    assert len(parents) == 1 and set(kids["tags.mlflow.parentRunId"]) == {parents.run_id.iloc[0]}
+    assert parents.status.iloc[0] == "FINISHED" and parents["metrics.sweep/jobs"].iloc[0] == 4
+    assert sorted(kids["tags.sweep_job"]) == ["0", "1", "2", "3"]
+
+    p = llmrec("sweep", "-m", "crm=pop", "dataset=synthetic,csv", "launcher=local", "run_name=failing",
+               cwd=path, check=False)
+    assert p.returncode == 1
+    assert "FAILED" in p.stdout and "dataset=csv needs dataset.path" in p.stdout and "1 failed" in p.stdout
+    runs = mlflow.search_runs(search_all_experiments=True)
+    failing_parent = runs[runs["tags.mlflow.runName"] == "sweep-failing"]
+    assert failing_parent.status.iloc[0] == "FAILED"
+    kids = runs[runs["tags.mlflow.parentRunId"] == failing_parent.run_id.iloc[0]]
+    assert sorted(zip(kids["tags.dataset"], kids["status"], strict=True)) == [("csv", "FAILED"),
+                                                                             ("synthetic", "FINISHED")]
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "joblib", "local"])
+def test_dry_run_composes_every_job_and_the_launcher(work, launcher):
+    path, _ = work
+    p = llmrec("sweep", "--dry-run", "-m", "quadrant=baseline", "crm=pop,sasrec", "seed=0,1,2",
+               f"launcher={launcher}", "hydra.launcher.partition=gpu" if launcher == "slurm" else "seed=0,1,2",
+               cwd=path)
+    assert "0 with config errors" in p.stdout
+    if launcher == "slurm":
+        assert "'partition': 'gpu'" in p.stdout and "'array_parallelism': 16" in p.stdout
+        assert "SlurmLauncher" in p.stdout and "6 jobs" in p.stdout
+    p = llmrec("sweep", "--dry-run", "-m", "crm=pop,nope", cwd=path, check=False)
+    assert p.returncode == 2 and "crm=nope is not a known option" in p.stderr
