@@ -44,7 +44,8 @@ def default_run_name(cfg: DictConfig) -> str:
 
 
 def uses_crm(cfg: DictConfig) -> bool:
-    return cfg.quadrant.id in ("baseline", "1", "2")
+    """Whether the run's CRM is part of the recommender at inference (baseline, quadrants 1 and 2)."""
+    return bool(cfg.quadrant.crm_at_inference)
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
