@@ -7,7 +7,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch>=2.4
 PYTEST ?= $(BIN)/python -m pytest
 
-.PHONY: setup torch test test-slow test-gpu test-all lint format validate ui clean
+.PHONY: setup torch test test-slow test-gpu test-all lint format validate ui browser clean
 
 setup: $(BIN)/python torch
 	$(BIN)/pip install -e '.[dev]'
@@ -35,6 +35,7 @@ torch: $(BIN)/python
 test:
 	@$(PYTEST) -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The MLflow UI browser test (tests/slow/test_ui.py) needs Chromium: run `make browser` first (else it is skipped).
 test-slow:
 	$(PYTEST) -q -m slow
 
@@ -57,6 +58,10 @@ validate:
 
 ui:
 	$(BIN)/llmrec ui
+
+# Headless Chromium + chromedriver from Debian's registry, for the MLflow UI browser test (needs root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info outputs
