@@ -179,6 +179,92 @@ def ui(
     os.execvp(cmd[0], cmd)
 
 
+_EXPERIMENT = typer.Option(None, "--experiment", "-e", help="MLflow experiment name (repeatable; default: all).")
+_PARENT = typer.Option(None, "--parent", help="Only the children of this sweep parent run.")
+_DATASET = typer.Option(None, "--dataset", help="Only these datasets (repeatable or comma-separated).")
+_TAG = typer.Option(None, "--tag", help="Only runs with tag KEY=VALUE (repeatable).")
+_STATUS = typer.Option(None, "--status", help="Only runs with this status: FINISHED, FAILED, KILLED, RUNNING "
+                       "(repeatable; default: all are shown, only FINISHED runs enter the statistics).")
+_METRIC = typer.Option(None, "--metric", help="Metric to compare (repeatable; default: test/full/ndcg_10, "
+                       "test/full/hr_10, test/sampled/ndcg_10, test/pointwise/auc). The first one ranks.")
+_BASELINE = typer.Option(None, "--baseline", help="Reference: a group label, CRM or method name, or a run id "
+                         "(default: sasrec, else the best group on the first metric).")
+_TEST = typer.Option("ttest", "--test", help="Paired test on per-user metrics: ttest, permutation or none.")
+_REEVALS = typer.Option(False, "--include-reevals", help="Include `llmrec eval` re-evaluations (source_run).")
+_LOG_TO_RUN = typer.Option(None, "--log-to-run", help="Also log the PNGs to this MLflow run "
+                           "(default: $LLMREC_PARENT_RUN_ID when set).")
+_TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
+                             "else sqlite:///mlflow.db here).")
+
+
+def _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test, include_reevals):
+    from llmrec_cli.report.compare import build_comparison
+    from llmrec_cli.report.select import Selection, parse_tag_filters, split_list
+    from llmrec_cli.tracking import resolve_uri
+
+    sel = Selection(experiments=split_list(experiment), parent=parent, dataset=split_list(dataset),
+                    tags=parse_tag_filters(tag), statuses=split_list(status), include_reevals=include_reevals)
+    comp = build_comparison(resolve_uri(tracking_uri), sel, split_list(metric), baseline, test)
+    for note in comp.notes:
+        typer.echo(f"note: {note}", err=True)
+    return comp
+
+
+def _plots(comp, directory: Path, log_to_run: str | None) -> None:
+    from llmrec_cli.report.plots import write_plots
+
+    paths = write_plots(comp, directory)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
+    run_id = log_to_run or os.environ.get("LLMREC_PARENT_RUN_ID")
+    if run_id:
+        from llmrec_cli.tracking import log_files
+
+        log_files(comp.uri, run_id, paths, "compare")
+        typer.echo(f"logged {len(paths)} plot(s) to run {run_id} (artifacts/compare)", err=True)
+
+
+@app.command()
+def compare(
+    experiment: list[str] | None = _EXPERIMENT, parent: str | None = _PARENT, dataset: list[str] | None = _DATASET,
+    tag: list[str] | None = _TAG, status: list[str] | None = _STATUS, metric: list[str] | None = _METRIC,
+    baseline: str | None = _BASELINE, test: str = _TEST, include_reevals: bool = _REEVALS,
+    fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json (a list of rows)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write the PNG plots into this folder."),
+    log_to_run: str | None = _LOG_TO_RUN, tracking_uri: str | None = _TRACKING_URI,
+) -> None:
+    """Compare groups of runs over seeds: mean ± 95% CI, paired tests vs a reference: llmrec compare --parent ID"""
+    from llmrec_cli.report.render import FORMATS, render
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+    comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test,
+                       include_reevals)
+    out = render(comp, fmt)
+    if isinstance(out, str):
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        (console if console.is_terminal else Console(width=200)).print(out)
+    if plot is not None:
+        _plots(comp, plot, log_to_run)
+
+
+@app.command()
+def plot(
+    directory: Path = typer.Argument(..., help="Folder for quadrant_map.png and pareto.png."),
+    experiment: list[str] | None = _EXPERIMENT, parent: str | None = _PARENT, dataset: list[str] | None = _DATASET,
+    tag: list[str] | None = _TAG, status: list[str] | None = _STATUS, metric: list[str] | None = _METRIC,
+    baseline: str | None = _BASELINE, include_reevals: bool = _REEVALS,
+    log_to_run: str | None = _LOG_TO_RUN, tracking_uri: str | None = _TRACKING_URI,
+) -> None:
+    """Write the quadrant map and the quality-vs-cost Pareto plot as PNGs: llmrec plot plots/ --parent ID"""
+    comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, "none",
+                       include_reevals)
+    _plots(comp, directory, log_to_run)
+
+
 def _print_results(summary) -> None:
     from rich.table import Table
 

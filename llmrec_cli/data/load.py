@@ -32,14 +32,16 @@ def load_prepared(dataset_cfg: DictConfig, force: bool = False, progress: bool =
             return cached
     log.info("preparing dataset=%s (cache key %s)", cfg["name"], key)
     bar = progress_bar(None, desc=f"prepare {cfg['name']}", total=3, enabled=progress)
-    raw = load_raw(dataset_cfg)
-    _advance(bar, "files read")
-    data = prep.prepare(raw, cfg)
-    _advance(bar, "filtered and split")
-    prep.save(data)
-    _advance(bar, "cached")
-    if bar is not None:
-        bar.close()
+    try:
+        raw = load_raw(dataset_cfg)
+        _advance(bar, "files read")
+        data = prep.prepare(raw, cfg)
+        _advance(bar, "filtered and split")
+        prep.save(data)
+        _advance(bar, "cached")
+    finally:
+        if bar is not None:
+            bar.close()
     return data
 
 
