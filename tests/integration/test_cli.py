@@ -78,6 +78,13 @@ def test_eval_reevaluates_a_finished_run_with_new_settings(work):
     assert df.loc["reeval", "tags.source_run"] == source.run_id
     assert df.loc["reeval", "params.eval.num_negatives"] == "49"
     assert df.loc["reeval", "metrics.test/full/ndcg_10"] == pytest.approx(df.loc["source", "metrics.test/full/ndcg_10"])
+    checkpoint = path / "outputs" / source.run_id / "checkpoint"
+    llmrec("eval", "--checkpoint", str(checkpoint), "run_name=from-dir", cwd=path)
+    df = runs(uri).set_index("tags.mlflow.runName")
+    assert df.loc["from-dir", "metrics.test/sampled/ndcg_10"] == pytest.approx(
+        df.loc["source", "metrics.test/sampled/ndcg_10"])
+    p = llmrec("eval", "--run", source.run_id, "crm=bpr", cwd=path, check=False)
+    assert p.returncode == 2 and "accepts only" in p.stderr
 
 
 def test_a_failing_run_ends_failed_with_the_error_and_no_traceback(work):
