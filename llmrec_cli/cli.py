@@ -236,7 +236,9 @@ def compare(
     from llmrec_cli.report.render import FORMATS, render
 
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
+        from llmrec_cli.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test,
                        include_reevals)
     out = render(comp, fmt)

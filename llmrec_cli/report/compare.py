@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmrec_cli.errors import LlmrecError
+from llmrec_cli.errors import ConfigError, LlmrecError
 from llmrec_cli.report.select import STATUSES, Selection, add_groups, column, filter_runs, group_sort_key
 
 DEFAULT_METRICS = ("test/full/ndcg_10", "test/full/hr_10", "test/sampled/ndcg_10", "test/pointwise/auc")
@@ -182,7 +182,7 @@ def build_comparison(uri: str, sel: Selection, metrics: list[str] | None = None,
     from llmrec_cli.report.stats import TESTS
 
     if test not in TESTS:
-        raise LlmrecError(f"unknown --test {test!r}; use one of {', '.join(TESTS)}")
+        raise ConfigError(f"unknown --test {test!r}; use one of {', '.join(TESTS)}")
     metrics = list(metrics or DEFAULT_METRICS)
     everything = tracking.search_runs(uri, sel.experiments or None)
     if len(everything) == 0:

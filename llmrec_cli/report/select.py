@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmrec_cli.errors import LlmrecError
+from llmrec_cli.errors import ConfigError
 
 GROUP_KEYS = ("quadrant", "method", "model", "crm", "dataset")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
@@ -44,7 +44,7 @@ def parse_tag_filters(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise LlmrecError(f"--tag wants KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--tag wants KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -89,7 +89,7 @@ def filter_runs(df, sel: Selection):
         wanted = {s.upper() for s in sel.statuses}
         unknown = wanted - set(STATUSES)
         if unknown:
-            raise LlmrecError(f"unknown --status {sorted(unknown)[0]!r}; use one of {', '.join(STATUSES)}")
+            raise ConfigError(f"unknown --status {sorted(unknown)[0]!r}; use one of {', '.join(STATUSES)}")
         keep &= df["status"].isin(wanted)
     return df[keep].copy(), notes
 

@@ -1,0 +1,93 @@
+"""`llmrec compare` and `llmrec plot` end to end: pop and bpr over three seeds plus one failed run on synthetic."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import mlflow
+import pytest
+
+from tests.integration.test_cli import QUICK, llmrec
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for the module (like the `work` fixture): 6 finished runs and a FAILED one; (path, env)."""
+    path = tmp_path_factory.mktemp("compare")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}", "LLMREC_PARENT_RUN_ID": ""}
+    jobs = [["train", "quadrant=baseline", f"crm={crm}", f"seed={seed}", *QUICK] for crm in ("pop", "bpr")
+            for seed in SEEDS]
+    # the csv dataset needs dataset.path: it fails at data load and its run ends FAILED
+    jobs.append(["train", "crm=pop", "dataset=csv"])
+    llmrec(*jobs[0], cwd=path, env_extra=env)  # creates the store before two jobs share it
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda args: llmrec(*args, cwd=path, env_extra=env, check=False), jobs[1:]))
+    for args, p in zip(jobs[1:], done, strict=True):
+        assert (p.returncode != 0) == ("dataset=csv" in args), (args, p.stderr[-2000:])
+    return path, env
+
+
+def test_table_shows_every_group_with_ci_p_values_and_the_failed_run(store):
+    path, env = store
+    p = llmrec("compare", cwd=path, env_extra=env)
+    out = p.stdout
+    for text in ("pop", "bpr", "synthetic", "csv", "1 failed", "DataError", "test/full/ndcg_10", "±", "ref", "p="):
+        assert text in out, text
+    assert "skipped" not in p.stderr
+
+
+def test_json_is_valid_and_only_json_on_stdout(store):
+    path, env = store
+    rows = json.loads(llmrec("compare", "--format", "json", "--baseline", "pop", cwd=path, env_extra=env).stdout)
+    by = {(r["group"], r["dataset"]): r for r in rows}
+    assert set(by) == {("pop", "synthetic"), ("bpr", "synthetic"), ("pop", "csv")}
+    pop, bpr, failed = by["pop", "synthetic"], by["bpr", "synthetic"], by["pop", "csv"]
+    assert pop["is_reference"] and bpr["reference"] == "pop"
+    assert pop["runs"]["finished"] == bpr["runs"]["finished"] == 3
+    assert failed["runs"] == {"finished": 0, "failed": 1, "killed": 0, "running": 0}
+    assert "dataset.path" in failed["error"]
+    m = bpr["metrics"]["test/full/ndcg_10"]
+    assert m["n"] == 3 and 0 <= m["mean"] <= 1 and m["ci95"] >= 0
+    assert 0 <= m["p"] <= 1 and m["n_users"] > 0
+    assert bpr["metrics"]["test/pointwise/auc"]["p"] is None  # AUC is not per user: no paired test
+
+
+def test_markdown_csv_and_selection_options(store):
+    path, env = store
+    md = llmrec("compare", "--format", "markdown", "--metric", "test/full/ndcg_10", "--metric", "test/full/mrr_10",
+                "--test", "permutation", cwd=path, env_extra=env).stdout
+    assert md.startswith("| group | dataset | runs | test/full/ndcg_10 | test/full/mrr_10 |")
+    assert "permutation" in md
+    text = llmrec("compare", "--format", "csv", "--tag", "crm=bpr", "--status", "FINISHED", cwd=path,
+                  env_extra=env).stdout
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["group"] for r in rows] == ["bpr"] and rows[0]["n_finished"] == "3"
+    bad = llmrec("compare", "--dataset", "ml-1m", cwd=path, env_extra=env, check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: no runs match") and len(bad.stderr.splitlines()) == 1
+
+
+def test_plots_are_written_and_logged_to_a_run(store):
+    path, env = store
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("llmrec").experiment_id
+    target = client.create_run(exp, run_name="sweep-parent", tags={"sweep": "true"}).info.run_id  # left out
+    p = llmrec("compare", "--format", "json", "--plot", str(path / "plots"), "--log-to-run", target,
+               cwd=path, env_extra=env)
+    json.loads(p.stdout)  # plot messages go to stderr
+    for name in ("quadrant_map.png", "pareto.png"):
+        png = path / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert {a.path for a in client.list_artifacts(target, "compare")} == {"compare/quadrant_map.png",
+                                                                          "compare/pareto.png"}
+    llmrec("plot", str(path / "plots2"), "--dataset", "synthetic", cwd=path, env_extra=env)
+    assert (path / "plots2" / "pareto.png").stat().st_size > 5000
+
+
+def test_empty_store_is_a_one_line_error(tmp_path):
+    p = llmrec("compare", cwd=tmp_path, env_extra={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"},
+               check=False)
+    assert p.returncode == 1 and p.stderr.startswith("error: no MLflow store") and not p.stdout
