@@ -113,6 +113,8 @@ def run_sweep(overrides: list[str]) -> tuple[str, list[JobStatus]]:
         failed = sum(s.returncode != 0 for s in statuses)
         tracker.log_metrics({"sweep/jobs": len(statuses), "sweep/failed": failed})
         tracker.log_text(format_status(statuses), "sweep_status.txt")
+        if failed < len(statuses):
+            _log_comparison(tracker, parent, sweep_dir)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
@@ -193,3 +195,21 @@ def format_status(statuses: list[JobStatus]) -> str:
     failed = sum(s.returncode != 0 for s in statuses)
     lines.append(f"{len(statuses)} jobs: {len(statuses) - failed} ok, {failed} failed")
     return "\n".join(lines)
+
+
+def _log_comparison(tracker, parent: str, sweep_dir: Path) -> None:
+    """The comparison table (markdown) and the plots of the sweep's children, as artifacts of the parent."""
+    from llmrec_cli.errors import LlmrecError
+    from llmrec_cli.report.compare import build_comparison
+    from llmrec_cli.report.plots import write_plots
+    from llmrec_cli.report.render import to_markdown
+    from llmrec_cli.report.select import Selection
+
+    try:
+        comp = build_comparison(tracker.uri, Selection(parent=parent))
+    except LlmrecError as exc:  # e.g. no child logged the default metrics
+        tracker.set_tags({"compare_note": str(exc)})
+        return
+    tracker.log_text(to_markdown(comp), "compare/compare.md")
+    for path in write_plots(comp, sweep_dir / "plots"):
+        tracker.log_artifact(path, "compare")

@@ -28,6 +28,8 @@ def test_joblib_sweep_nests_children_under_one_parent_and_reports_failures(work)
     assert len(parents) == 1 and set(kids["tags.mlflow.parentRunId"]) == {parents.run_id.iloc[0]}
     assert parents.status.iloc[0] == "FINISHED" and parents["metrics.sweep/jobs"].iloc[0] == 4
     assert sorted(kids["tags.sweep_job"]) == ["0", "1", "2", "3"]
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents.run_id.iloc[0], "compare")}
+    assert {"compare/compare.md", "compare/quadrant_map.png", "compare/pareto.png"} <= arts
 
     p = llmrec("sweep", "-m", "crm=pop", "dataset=synthetic,csv", "launcher=local", "run_name=failing",
                cwd=path, check=False)
