@@ -1,0 +1,58 @@
+"""A tiny random Llama and a tiny byte-level BPE tokenizer, built in code: fast tests without any download.
+
+The tokenizer is trained on a fixed corpus of English words, digits and punctuation, so prompts with item
+titles tokenise into a realistic number of tokens and "Yes"/"No" and candidate indices are real tokens.
+"""
+from __future__ import annotations
+
+import functools
+
+CORPUS = [
+    "Yes No yes no Answer: The user watched these movies in order, most recent last.",
+    "Answer: Yes Answer: No Answer: Yes Answer: No Answer: Yes Answer: No",
+    "Will the user like the movie? Candidates: Which candidate will the user pick next? Reply with a number.",
+    "Title year genres categories brand Action Adventure Animation Comedy Crime Documentary Drama Fantasy",
+    "Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western Children's Unknown",
+    "Quantum Widget Gadget Nebula Harbor Crystal Garden Echo River Stone Falcon Orbit Lantern Meadow",
+    " ".join(str(i) for i in range(0, 101)),
+    "0 1 2 3 4 5 6 7 8 9 ( ) [ ] , . ; : ' \" - | # ? ! The a an of and to in is it for on with as by at",
+    "Toy Story GoldenEye Four Rooms Get Shorty Copycat Star Wars Fargo Contact Titanic Scream Air Force One",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """A PreTrainedTokenizerFast (byte-level BPE, ~1,000 tokens) with bos/eos/pad tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = None
+    return fast
+
+
+def tiny_llama_config(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                       max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=0,
+                       bos_token_id=1, eos_token_id=2)
+
+
+def tiny_llama(seed: int = 0):
+    """(model, tokenizer): a 2-layer, hidden-32 LlamaForCausalLM with random weights, in eval mode, fp32."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(len(tok)))
+    model.eval()
+    return model, tok
