@@ -30,6 +30,8 @@ PLUGIN_MODULES = (
     "llmrec_cli.crm.bpr",
     "llmrec_cli.crm.sasrec",
     "llmrec_cli.methods.baseline",
+    "llmrec_cli.methods.q3_zero_shot",
+    "llmrec_cli.methods.q3_embedding",
 )
 
 

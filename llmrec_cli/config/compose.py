@@ -176,8 +176,26 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.monitor={ev.monitor} must be a valid-split metric, e.g. valid/full/ndcg_10")
     if cfg.dataset.kcore < 0 or cfg.dataset.min_user_interactions < 3:
         raise ConfigError("dataset.kcore must be >= 0 and dataset.min_user_interactions >= 3 (train/valid/test)")
+    if cfg.method.get("scoring") == "listwise" and ev.num_negatives + 1 > 26:
+        raise ConfigError(f"method.scoring=listwise labels at most 26 candidates (letters A-Z), but "
+                          f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25 or another scoring")
+    problem = model_problem(cfg.method, cfg.model)
+    if problem:
+        raise ConfigError(problem)
     if cfg.method.name == "baseline" and (cfg.crm is None or OmegaConf.is_missing(cfg, "crm")):
         raise ConfigError("quadrant=baseline needs crm=pop|bpr|sasrec")
+
+
+def model_problem(method, model) -> str | None:
+    """Why `model=` cannot serve `method=` (None when it can): LLM methods need a backbone of their kind."""
+    if not method.get("needs_llm", False):
+        return None
+    if model.name == "none":
+        return f"method={method.name} needs an LLM: pick model= (see `llmrec ls`), e.g. model=tiny-llama"
+    kind = method.get("llm_kind", "any")
+    if kind != "any" and model.get("kind", "causal") != kind:
+        return f"method={method.name} needs a {kind} model, but model={model.name} is {model.get('kind')}"
+    return None
 
 
 def group_options(group: str) -> list[str]:

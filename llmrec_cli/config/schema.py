@@ -43,11 +43,42 @@ class CRMConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on a frozen backbone; `target_modules` are explicit per architecture.
+
+    PEFT's own defaults for Llama/Qwen2 are only `q_proj, v_proj`, so each `conf/model/*-lora.yaml` lists the
+    projections it adapts (Llama and Qwen2 share the names q/k/v/o_proj, gate/up/down_proj).
+    """
+
+    r: int = 8  # rank of the update matrices
+    alpha: int = 16  # scaling: the update is multiplied by alpha / r
+    dropout: float = 0.05  # dropout on the adapter input (active in train mode only)
+    target_modules: list[str] = field(default_factory=list)  # module names to adapt, e.g. [q_proj, v_proj]
+    bias: str = "none"  # none | all | lora_only
+
+
+@dataclass
 class ModelConfig:
-    """An LLM backbone (or `none` for pure CRM runs)."""
+    """An LLM backbone (or `none` for pure CRM runs), loaded by `llmrec_cli.llm.loading.load_backbone`.
+
+    Resolution order: `tiny` (an in-code random Llama, no files), `package_dir` (a folder inside an installed
+    python package), `gguf_package`/`gguf_file` (dequantized once into $LLMREC_CACHE_DIR/models), then
+    `name_or_path` (a hub id or a local folder; also the fallback when a package is not installed).
+    """
 
     name: str = "none"
-    name_or_path: str | None = None
+    name_or_path: str | None = None  # hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a local folder
+    package_dir: str | None = None  # <package>/<sub/dir> inside an installed python package, used first
+    gguf_package: str | None = None  # an installed python package that ships a GGUF file
+    gguf_file: str | None = None  # the GGUF file name inside gguf_package, or a path to a .gguf file
+    kind: str = "causal"  # causal (a decoder LM with its head) | encoder (hidden states, for embeddings)
+    weights: str = "pretrained"  # pretrained | random (the architecture with random init: speed benchmarks)
+    tiny: bool = False  # the 2-layer random Llama of llmrec_cli/llm/tiny.py (tests, demos)
+    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    max_length: int = 1024  # prompt token budget
+    pooling: str = "mean"  # mean | cls: how token states become one embedding (kind=encoder)
+    gradient_checkpointing: bool = False  # trade compute for memory when tuning (non-reentrant)
+    peft: LoraConfig | None = None  # LoRA adapters; null: none (the backbone is used frozen)
 
 
 @dataclass

@@ -27,15 +27,33 @@ def catalogue() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def _with_schema(group: str, name: str, schema):
+    """A group YAML merged onto its schema's defaults (without composing the whole run)."""
+    raw = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    raw.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(schema), raw)
+
+
 def combinations() -> list[list[str]]:
-    """Every method (with its quadrant) x CRM x model, and every other group option with the defaults."""
+    """Every method (with its quadrant) x CRM x usable model, and every other group option with the defaults."""
+    from llmrec_cli.config.compose import model_problem
+    from llmrec_cli.config.schema import MethodConfig, ModelConfig
+    from llmrec_cli.methods.configs import SCHEMAS
+
     combos: list[list[str]] = []
+    models = {name: _with_schema("model", name, ModelConfig) for name in group_options("model")}
     for method in group_options("method"):
+        method_cfg = _with_schema("method", method, SCHEMAS.get(method, MethodConfig))
         for crm in group_options("crm"):
-            for model in group_options("model"):
+            for model, model_cfg in models.items():
+                if model_problem(method_cfg, model_cfg):
+                    continue  # not a registered combination (e.g. an LLM method without an LLM)
                 combos.append([f"method={method}", f"crm={crm}", f"model={model}"])
     for quadrant in group_options("quadrant"):
-        combos.append([f"quadrant={quadrant}"])
+        default = OmegaConf.load(conf_dir() / "quadrant" / f"{quadrant}.yaml").default_method
+        method_cfg = _with_schema("method", default, SCHEMAS.get(default, MethodConfig))
+        model = next(m for m, cfg in models.items() if not model_problem(method_cfg, cfg))
+        combos.append([f"quadrant={quadrant}", f"model={model}"])
     for group in ("dataset", "eval", "trainer", "tracking", "experiment"):
         combos.extend([f"{group}={name}"] for name in group_options(group))
     return combos

@@ -96,7 +96,7 @@ class PreparedData:
 def dataset_key(dataset_cfg: dict) -> str:
     """Cache key of prepared data: the config minus download details, the version, and the size and mtime
     of the local source files (so editing a file in place invalidates the cache)."""
-    cfg = {k: v for k, v in dataset_cfg.items() if k not in ("url", "sha256")}
+    cfg = {k: v for k, v in dataset_cfg.items() if k not in ("url", "sha256", "item_noun")}
     return sha256_text(json.dumps([PREP_VERSION, cfg, _source_stat(dataset_cfg)], sort_keys=True))[:16]
 
 

@@ -15,6 +15,7 @@ CORPUS = [
     "Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western Children's Unknown",
     "Quantum Widget Gadget Nebula Harbor Crystal Garden Echo River Stone Falcon Orbit Lantern Meadow",
     " ".join(str(i) for i in range(0, 101)),
+    " ".join(chr(c) for c in range(ord("A"), ord("Z") + 1)) + " Answer: A Answer: B Answer: C",
     "0 1 2 3 4 5 6 7 8 9 ( ) [ ] , . ; : ' \" - | # ? ! The a an of and to in is it for on with as by at",
     "Toy Story GoldenEye Four Rooms Get Shorty Copycat Star Wars Fargo Contact Titanic Scream Air Force One",
 ]
@@ -31,7 +32,8 @@ def tiny_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(CORPUS * 4 + [" ".join(f"{c}." for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ")] * 8,
+                            trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = None
     return fast

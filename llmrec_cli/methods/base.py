@@ -24,6 +24,8 @@ class RunContext:
     device: str
     output_dir: Path
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    log_params: Callable[[dict[str, Any]], None] = lambda params: None
+    log_text: Callable[[str, str], None] = lambda text, artifact_file: None  # (text, path in the run)
     validate: Callable[[Method], dict[str, float]] | None = None  # valid-split metrics for early stopping
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -56,6 +58,10 @@ class Method:
         assert self.data is not None
         items = np.broadcast_to(np.arange(self.data.n_items + 1), (len(users), self.data.n_items + 1))
         return self.score(split, users, np.ascontiguousarray(items))
+
+    def cost_summary(self) -> dict[str, float]:
+        """Cost figures logged with the final metrics (LLM methods: seconds, tokens, users/s, GPU memory)."""
+        return {}
 
     def save(self, path: Path) -> list[Path]:
         """Write what `load` needs to rebuild the fitted method; returns the files written."""

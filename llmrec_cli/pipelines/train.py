@@ -135,7 +135,7 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     run_dir = Path(cfg.output_dir) / run_id
     ctx = RunContext(
         cfg=cfg, seed=int(cfg.seed), device=device, output_dir=run_dir,
-        log_metrics=tracker.log_metrics,
+        log_metrics=tracker.log_metrics, log_params=tracker.log_params, log_text=tracker.log_text,
         validate=lambda m: evaluator.evaluate(m, splits=[monitor_split], protocols=[monitor_proto]).metrics,
         progress=bool(cfg.trainer.progress),
     )
@@ -162,7 +162,7 @@ def evaluate_and_log(method, s: Session, tracker: Tracker, extra: dict[str, floa
     result = s.evaluator.evaluate(method, keep_predictions=bool(cfg.tracking.log_predictions),
                                   progress=s.ctx.progress)
     s.timings["time/eval_seconds"] = time.perf_counter() - t0
-    final = {**result.metrics, **extra, **s.timings}
+    final = {**result.metrics, **extra, **s.timings, **method.cost_summary()}
     tracker.log_metrics(final, step=0)
     for name, frame in (("per_user_metrics", result.per_user), ("predictions", result.predictions)):
         if frame is None:

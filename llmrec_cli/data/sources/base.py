@@ -38,6 +38,7 @@ class DatasetConfig:
     min_rating: float | None = None  # ratings below are dropped; None keeps all
     kcore: int = 5  # iterative k-core on users and items
     min_user_interactions: int = 3  # users with fewer interactions after k-core are dropped
+    item_noun: str = "item"  # how prompts name an item ("movie", "product"); not part of the data
 
 
 def hash_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:

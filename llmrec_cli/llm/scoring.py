@@ -1,0 +1,442 @@
+"""Batched LLM scoring engine: pointwise (Yes/No), candidate likelihood, listwise (index verbalizer), embeddings.
+
+All scores come back as numpy float64. The engine is built for throughput without changing the numbers:
+
+* prompts are sorted by length and batched; prompts are LEFT padded with a matching attention mask and
+  position ids (``cumsum(mask) - 1``), so a batched score equals the unbatched one up to float noise;
+* the transformer body (``base_model``) is called directly and the LM head is applied only where a
+  prediction is needed (the last prompt position, or the positions that predict candidate tokens);
+* ``likelihood`` encodes each prompt once, keeps its KV cache, and scores all its candidates in one batched
+  forward over that cache (candidates right padded, positions continuing after the prompt). The candidate's
+  last token is never fed (nothing reads its output), and the log-softmax is a ``logsumexp`` over the
+  vocabulary at predicting positions only, gathered at the target tokens;
+* ``pointwise``/``listwise`` detect prompts that share a long token prefix (TALLRec: one user's history
+  followed by each candidate) and encode that prefix once, then only the differing suffixes over its cache.
+
+The model may be a ``transformers`` causal LM, a peft-wrapped one, or (for ``embed``) an encoder such as BERT.
+Heads with post-processing are handled for the two known cases (``final_logit_softcapping``, ``logit_scale``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["Scorer", "left_pad", "right_pad"]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if len(seq):
+            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if len(seq):
+            ids[row, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class Scorer:
+    """Scores prompts with a causal LM (or embeds texts with any transformer), in batches.
+
+    Args:
+        model: a ``transformers`` model (causal LM, peft-wrapped causal LM, or an encoder for ``embed``).
+            It is moved to ``device`` unless it was dispatched with a ``device_map``; it is put in eval mode
+            while scoring and its previous mode is restored afterwards.
+        tokenizer: a fast tokenizer; its pad token is used (falls back to eos, then 0). Its padding side
+            is ignored: the engine pads itself.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... or ``"auto"``.
+        batch_size: sequences per forward for prompts (pointwise, listwise, embed, likelihood prompts).
+        max_length: prompts longer than this keep their LAST ``max_length`` tokens (the question and
+            answer cue are at the end).
+        candidate_batch_size: rows per forward over a cached prefix (``likelihood`` candidates, shared-prefix
+            suffixes; default ``4 * batch_size``); prompts are grouped so that their rows fit in it.
+        share_prefix: in ``pointwise``/``listwise``, prompts whose token ids share a prefix of at least this
+            many tokens are encoded as prefix once + suffixes (0 disables).
+
+    ``self.stats`` accumulates ``tokens`` (real, non-pad tokens fed to the model), ``forward_calls`` and
+    ``seconds`` across calls.
+    """
+
+    def __init__(self, model, tokenizer, device: str, batch_size: int = 16, max_length: int = 1024,
+                 candidate_batch_size: int | None = None, share_prefix: int = 32):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if not getattr(model, "hf_device_map", None):
+            model.to(self.device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.max_length = int(max_length)
+        self.candidate_batch_size = max(1, int(candidate_batch_size or 4 * self.batch_size))
+        self.share_prefix = int(share_prefix)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        # peft's PeftModel wraps the transformers model; its LoRA layers live inside the unwrapped one.
+        self._lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._body = getattr(self._lm, "base_model", self._lm)
+        self._head_module = self._lm.get_output_embeddings() if hasattr(self._lm, "get_output_embeddings") \
+            else None
+        config = getattr(self._lm, "config", None)
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        self._logit_scale = getattr(config, "logit_scale", None)
+        self.stats = {"tokens": 0, "forward_calls": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _scoring(self) -> Iterator[None]:
+        """inference_mode + eval mode (restored) + wall-clock accounting."""
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stats["seconds"] += time.perf_counter() - start
+            if was_training:
+                self.model.train()
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None,
+                 cache=None, use_cache: bool = False, new_mask: torch.Tensor | None = None):
+        """Run the transformer body (no LM head) and count tokens; returns its output object."""
+        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if positions is not None:
+            kwargs["position_ids"] = positions.to(self.device)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        if use_cache or cache is not None:
+            kwargs["use_cache"] = True
+        out = self._body(**kwargs)
+        self.stats["forward_calls"] += 1
+        self.stats["tokens"] += int((new_mask if new_mask is not None else mask).sum())
+        return out
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on selected hidden states [..., H] -> fp32 logits [..., V]."""
+        if self._head_module is None:
+            raise TypeError(f"{type(self._lm).__name__} has no LM head: only embed() works with it")
+        logits = self._head_module(hidden).float()
+        if self._logit_scale is not None:
+            logits = logits * self._logit_scale
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _encode(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+        """Token ids, each list cut to its last max_length tokens; prompts (``special``) must not be empty."""
+        ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        if special and any(len(s) == 0 for s in ids):
+            raise ValueError("empty prompt: it has no token (and the tokenizer adds no BOS) to predict from")
+        return [list(s[-self.max_length:]) for s in ids]
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Indices sorted by length (longest first), in chunks of batch_size: little padding per batch."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def _packs(self, rows_per_item: Sequence[int]) -> Iterator[list[int]]:
+        """Consecutive item positions grouped: at most batch_size items and candidate_batch_size rows, but
+        always at least one item (its rows are then chunked)."""
+        pack: list[int] = []
+        rows = 0
+        for pos, n in enumerate(rows_per_item):
+            if pack and (len(pack) == self.batch_size or rows + n > self.candidate_batch_size):
+                yield pack
+                pack, rows = [], 0
+            pack.append(pos)
+            rows += n
+        if pack:
+            yield pack
+
+    def _chunks(self, rows: list) -> list[list]:
+        step = self.candidate_batch_size
+        return [rows[s:s + step] for s in range(0, len(rows), step)]
+
+    def _encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> _Prefix:
+        """Left-padded forward over the prefixes, keeping the KV cache and the last position's hidden state."""
+        ids, mask = left_pad(prefixes, self.pad_id)
+        out = self._forward(ids, mask, _positions(mask), use_cache=True)
+        mask = mask.to(self.device)
+        return _Prefix(out.past_key_values, mask, mask.sum(1), out.last_hidden_state[:, -1])
+
+    def _continue(self, prefix: _Prefix, owner: torch.Tensor, feeds: Sequence[Sequence[int]],
+                  keep_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [N, W, H] of ``feeds`` (right padded) fed after prefix rows ``owner`` (repeats
+        allowed), with the feed mask [N, W]. ``keep_cache`` leaves ``prefix.cache`` usable afterwards."""
+        feed, feed_mask = right_pad(feeds, self.pad_id)
+        feed_mask = feed_mask.to(self.device)
+        full_mask = torch.cat([prefix.mask[owner], feed_mask], dim=1)
+        positions = prefix.lengths[owner, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
+        cache = _select_cache(prefix.cache, owner, copy_first=keep_cache)
+        out = self._forward(feed, full_mask, positions, cache=cache, new_mask=feed_mask)
+        return out.last_hidden_state, feed_mask
+
+    def _last_logits(self, prompts: Sequence[str], token_ids: Sequence[int]) -> np.ndarray:
+        """Logits [n, k] of ``token_ids`` at the next-token position after each prompt.
+
+        Prompts without a shared prefix: left-padded batches. Prompts sharing a prefix: the prefix once,
+        then their suffixes over its cache, reading each suffix's last real position.
+        """
+        encoded = self._encode(prompts)
+        out = np.zeros((len(encoded), len(token_ids)), dtype=np.float64)
+        cols = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
+        groups = _shared_prefix_groups(encoded, self.share_prefix, self.candidate_batch_size)
+        singles = [g[0] for g, _ in groups if len(g) == 1]
+        shared = sorted([(g, n) for g, n in groups if len(g) > 1], key=lambda gn: -gn[1])
+        with self._scoring():
+            for batch in self._batches([len(encoded[i]) for i in singles]):
+                rows = [singles[b] for b in batch]
+                ids, mask = left_pad([encoded[r] for r in rows], self.pad_id)
+                hidden = self._forward(ids, mask, _positions(mask)).last_hidden_state[:, -1]
+                out[rows] = self._head(hidden)[:, cols].double().cpu().numpy()
+            for pack in self._packs([len(g) for g, _ in shared]):
+                groups_here = [shared[p] for p in pack]
+                prefix = self._encode_prefixes([encoded[g[0]][:n] for g, n in groups_here])
+                rows = [(k, i, encoded[i][n:]) for k, (g, n) in enumerate(groups_here) for i in g]
+                chunks = self._chunks(rows)
+                for c, chunk in enumerate(chunks):
+                    owner = torch.as_tensor([k for k, _, _ in chunk], dtype=torch.long, device=self.device)
+                    hidden, feed_mask = self._continue(prefix, owner, [f for _, _, f in chunk],
+                                                       keep_cache=c < len(chunks) - 1)
+                    last = hidden[torch.arange(len(chunk), device=self.device), feed_mask.sum(1) - 1]
+                    out[[i for _, i, _ in chunk]] = self._head(last)[:, cols].double().cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ public API
+
+    def verbalizer_ids(self, words: Sequence[str], prefix: str = " ") -> list[int]:
+        """Token id of each word as it appears in the answer, after a space or colon by default.
+
+        It is the first token of ``tokenizer(prefix + word, add_special_tokens=False)``; a word that already
+        starts with whitespace is tokenised as given. Use ``prefix=""`` where the answer starts a new turn
+        or line (chat templates). Raises ValueError when a word yields no token or two words share their
+        first token (their scores would be identical).
+        """
+        ids: list[int] = []
+        for word in words:
+            text = word if word[:1].isspace() else prefix + word
+            toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise ValueError(f"verbalizer word {word!r} has no token")
+            ids.append(int(toks[0]))
+        seen: dict[int, str] = {}
+        for word, tok in zip(words, ids, strict=True):
+            if tok in seen:
+                raise ValueError(f"verbalizer words {seen[tok]!r} and {word!r} share their first token {tok}")
+            seen[tok] = word
+        return ids
+
+    def pointwise(self, prompts: Sequence[str], yes: str = "Yes", no: str = "No", prefix: str = " ") -> np.ndarray:
+        """P(yes) / (P(yes) + P(no)) for the answer token right after each prompt (TALLRec), shape [n].
+
+        ``prefix`` is what precedes the answer word (see ``verbalizer_ids``)."""
+        if not prompts:
+            return np.zeros(0, dtype=np.float64)
+        logits = self._last_logits(prompts, self.verbalizer_ids([yes, no], prefix))
+        return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+
+    def listwise(self, prompts: Sequence[str], num_candidates: Sequence[int],
+                 labels: Sequence[str] | None = None, prefix: str = " ") -> list[np.ndarray]:
+        """Log-softmax over the index labels of each prompt's candidates at the answer position (LlamaRec).
+
+        Prompt ``i`` lists ``num_candidates[i]`` candidates labelled ``labels[:C]`` (default "1".."C"); the
+        score of each candidate is the log-probability of its label's first token, renormalised over the C
+        labels. ``prefix`` is what precedes the label (see ``verbalizer_ids``). Returns one array [C_i] per
+        prompt.
+        """
+        if len(prompts) != len(num_candidates):
+            raise ValueError("prompts and num_candidates differ in length")
+        if not prompts:
+            return []
+        most = max(num_candidates)
+        labels = [str(i) for i in range(1, most + 1)] if labels is None else list(labels)
+        if len(labels) < most:
+            raise ValueError(f"{len(labels)} labels for up to {most} candidates")
+        logits = self._last_logits(prompts, self.verbalizer_ids(labels[:most], prefix))
+        out = []
+        for row, count in zip(logits, num_candidates, strict=True):
+            sub = row[:count]
+            top = sub.max()
+            out.append(sub - (top + np.log(np.exp(sub - top).sum())))
+        return out
+
+    def likelihood(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Mean per-token log p(candidate | prompt) for each prompt's candidates; one array [C_i] per prompt.
+
+        Candidates are tokenised on their own (no special tokens) and appended to the prompt's tokens, so
+        include a leading space in the candidate text when the continuation should start with one.
+        """
+        if len(prompts) != len(candidates):
+            raise ValueError("prompts and candidates differ in length")
+        p_ids = self._encode(prompts)
+        c_ids = [self._encode(list(c), special=False) if len(c) else [] for c in candidates]
+        for i, cands in enumerate(c_ids):
+            for j, toks in enumerate(cands):
+                if not toks:
+                    raise ValueError(f"candidate {candidates[i][j]!r} of prompt {i} has no token")
+        out = [np.zeros(len(c), dtype=np.float64) for c in c_ids]
+        # Longest prompts first (little padding), prompts without candidates skipped.
+        order = [i for i in sorted(range(len(p_ids)), key=lambda i: -len(p_ids[i])) if c_ids[i]]
+        with self._scoring():
+            for pack in self._packs([len(c_ids[i]) for i in order]):
+                self._score_pack([order[p] for p in pack], p_ids, c_ids, out)
+        return out
+
+    def embed(self, texts: Sequence[str], pooling: str = "mean") -> np.ndarray:
+        """L2-normalised text embeddings [n, d] from the last hidden states (right padded).
+
+        ``pooling``: "mean" over non-pad tokens, "cls" (first token) or "last" (last non-pad token, the
+        usual choice for causal LMs).
+        """
+        if pooling not in ("mean", "cls", "last"):
+            raise ValueError(f"pooling must be mean, cls or last, not {pooling!r}")
+        encoded = self._encode(texts)
+        vecs: list[np.ndarray | None] = [None] * len(encoded)
+        with self._scoring():
+            for rows in self._batches([len(s) for s in encoded]):
+                ids, mask = right_pad([encoded[r] for r in rows], self.pad_id)
+                out = self._forward(ids, mask)
+                hidden = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None \
+                    else out[0]
+                hidden = hidden.float()
+                m = mask.to(hidden.device)
+                if pooling == "mean":
+                    pooled = (hidden * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+                elif pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    pooled = hidden[torch.arange(len(rows), device=hidden.device), m.sum(1) - 1]
+                pooled = torch.nn.functional.normalize(pooled, dim=-1).double().cpu().numpy()
+                for k, r in enumerate(rows):
+                    vecs[r] = pooled[k]
+        if not vecs:
+            return np.zeros((0, 0), dtype=np.float64)
+        return np.stack(vecs)
+
+    # ------------------------------------------------------------------ likelihood internals
+
+    def _score_pack(self, pack: list[int], p_ids, c_ids, out: list[np.ndarray]) -> None:
+        """Encode the pack's prompts once (KV cache), then score their candidates over the cache."""
+        dev = self.device
+        prefix = self._encode_prefixes([p_ids[i] for i in pack])
+        # First candidate token: predicted at the last prompt position, shared by all of a prompt's candidates.
+        first_logits = self._head(prefix.last_hidden)                       # [P, V]
+        first_lse = torch.logsumexp(first_logits, dim=-1)                   # [P]
+        chunks = self._chunks([(k, i, j) for k, i in enumerate(pack) for j in range(len(c_ids[i]))])
+        for c, chunk in enumerate(chunks):
+            toks = [c_ids[i][j] for _, i, j in chunk]
+            owner = torch.as_tensor([k for k, _, _ in chunk], dtype=torch.long, device=dev)
+            first = torch.as_tensor([t[0] for t in toks], dtype=torch.long, device=dev)
+            total = first_logits[owner, first] - first_lse[owner]           # log p(token 0)
+            if max(len(t) for t in toks) > 1:
+                # Feed tokens 0..n-2 after the prompt; their outputs predict tokens 1..n-1.
+                hidden, keep = self._continue(prefix, owner, [t[:-1] for t in toks],
+                                              keep_cache=c < len(chunks) - 1)
+                keep = keep.bool()
+                target = right_pad([t[1:] for t in toks], self.pad_id)[0].to(dev)[keep]
+                logits = self._head(hidden[keep])                           # [M, V], M real positions only
+                logp = logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+                row_of = torch.arange(len(chunk), device=dev)[:, None].expand_as(keep)[keep]
+                total = total.index_add(0, row_of, logp)
+            lengths = torch.as_tensor([len(t) for t in toks], dtype=torch.float64, device=dev)
+            for (_, i, j), score in zip(chunk, (total.double() / lengths).cpu().numpy(), strict=True):
+                out[i][j] = score
+
+
+class _Prefix(NamedTuple):
+    """Encoded prefixes: KV cache, attention mask [P, L] and lengths [P] (on device), last hidden [P, H]."""
+    cache: object
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    last_hidden: torch.Tensor
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def _shared_prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int,
+                          max_rows: int) -> list[tuple[list[int], int]]:
+    """Group prompts (sorted by token ids) that share at least ``min_shared`` leading tokens, at most
+    ``max_rows`` per group: [(indices, prefix_len)], prefix_len leaving every suffix at least one token.
+    Groups of one (prefix_len 0) are prompts to encode whole."""
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
+    groups: list[tuple[list[int], int]] = []
+    cur: list[int] = []
+    common = shortest = 0
+    for i in order:
+        if cur and min_shared > 0 and len(cur) < max_rows:
+            new_common = min(common, _common_prefix(encoded[cur[0]], encoded[i]))
+            new_shortest = min(shortest, len(encoded[i]))
+            if min(new_common, new_shortest - 1) >= min_shared:
+                cur.append(i)
+                common, shortest = new_common, new_shortest
+                continue
+        if cur:
+            groups.append((cur, min(common, shortest - 1) if len(cur) > 1 else 0))
+        cur, common, shortest = [i], len(encoded[i]), len(encoded[i])
+    if cur:
+        groups.append((cur, min(common, shortest - 1) if len(cur) > 1 else 0))
+    return groups
+
+
+def _select_cache(cache, index: torch.Tensor, copy_first: bool):
+    """The prompt KV cache with its batch rows picked by ``index`` (repeats allowed), for the candidates.
+
+    Works with ``Cache`` objects (``batch_select_indices``, present since transformers 4.3x, in v5 on each
+    layer) and with legacy tuples of (key, value) tensors. ``copy_first`` keeps the original intact
+    (for the next chunk); indexing itself already allocates new tensors, so only the container is copied.
+    """
+    if isinstance(cache, (tuple, list)):
+        return tuple(tuple(t[index] for t in layer) for layer in cache)
+    if copy_first:
+        cache = _shallow_copy(cache)
+    cache.batch_select_indices(index)
+    return cache
+
+
+def _shallow_copy(cache):
+    """Copy a Cache's containers but share its tensors: ``DynamicLayer``-style layers re-assign their
+    tensors (``torch.cat``, indexing) instead of writing into them. Other layer types are deep-copied."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer).__name__ not in _REASSIGNING_LAYERS for layer in layers):
+        return copy.deepcopy(cache)
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in layers]
+    return new
+
+
+_REASSIGNING_LAYERS = {"DynamicLayer", "DynamicSlidingWindowLayer"}
