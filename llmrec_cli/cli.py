@@ -287,7 +287,7 @@ def _print_results(summary) -> None:
             table.add_row(key, *vals, f"{auc:.4f}" if auc is not None else "", f"{users:.0f}" if users else "")
     console = _console()
     console.print(table)
-    fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/"))}
+    fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/", "cost/"))}
     if fit:
         console.print("  ".join(f"{k}={v:.4g}" for k, v in fit.items()))
     console.print(f"tracking: {summary.tracking_uri}  (browse: llmrec ui)")
