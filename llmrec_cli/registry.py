@@ -32,6 +32,8 @@ PLUGIN_MODULES = (
     "llmrec_cli.methods.baseline",
     "llmrec_cli.methods.q3_zero_shot",
     "llmrec_cli.methods.q3_embedding",
+    "llmrec_cli.methods.q4_tallrec",
+    "llmrec_cli.methods.q4_listwise",
 )
 
 

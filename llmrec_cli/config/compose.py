@@ -187,7 +187,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def model_problem(method, model) -> str | None:
-    """Why `model=` cannot serve `method=` (None when it can): LLM methods need a backbone of their kind."""
+    """Why `model=` cannot serve `method=` (None when it can): LLM methods need a backbone of their kind,
+    and tuned methods (`needs_peft`) a model with a `peft` block."""
     if not method.get("needs_llm", False):
         return None
     if model.name == "none":
@@ -195,6 +196,9 @@ def model_problem(method, model) -> str | None:
     kind = method.get("llm_kind", "any")
     if kind != "any" and model.get("kind", "causal") != kind:
         return f"method={method.name} needs a {kind} model, but model={model.name} is {model.get('kind')}"
+    if method.get("needs_peft", False) and model.get("peft") is None:
+        return (f"method={method.name} tunes LoRA adapters, but model={model.name} has no `peft` block: "
+                f"use a LoRA model such as model=tiny-llama-lora or model=smollm2-lora")
     return None
 
 

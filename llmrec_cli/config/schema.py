@@ -108,6 +108,13 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     progress: bool = True
+    # LLM tuning (llmrec_cli/llm/training.py); CRMs keep their own `crm.lr` / `crm.batch_size`
+    lr: float = 2e-4  # AdamW peak learning rate of the LoRA adapters
+    batch_size: int = 8  # training examples per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03  # linear warm-up over this share of the steps, then linear decay to 0
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
 
 
 @dataclass
@@ -134,4 +141,5 @@ class RunConfig:
     seed: int = 0
     run_name: str | None = None
     output_dir: str = "outputs"  # local run folders (checkpoints); artifacts also go to MLflow
+    resume: bool = False  # LLM tuning: continue from the last epoch checkpoint of the same config
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags, e.g. +tags.note=ablation

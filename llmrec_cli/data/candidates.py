@@ -5,7 +5,8 @@ Every method is scored on the same plan (the evaluator owns targets and candidat
   shuffled per user so the target's position carries no signal.
 - `full`: every item except the user's history (the target stays a candidate); built on the fly.
 - `pointwise`: (user, item, label) samples for AUC / log-loss: the target, labelled 1 when its rating is at least
-  `like_threshold` (or the data has no ratings), plus `pointwise_negatives` unseen items labelled 0.
+  `like_threshold` (or the data has no ratings), plus `pointwise_negatives` unseen items labelled 0, shuffled
+  per user (a listwise scorer sees them as a short list, so position must not give the target away).
 The plan is cached under $LLMREC_CACHE_DIR/plans/ and its hash is logged with every run.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from llmrec_cli.data.prepare import SPLITS, PreparedData
 from llmrec_cli.errors import DataError
 from llmrec_cli.utils.io import atomic_write, cache_dir, sha256_text
 
-PLAN_VERSION = "1"
+PLAN_VERSION = "2"
 PLAN_KEYS = ("num_negatives", "negative_sampling", "pointwise_negatives", "like_threshold", "max_users")
 
 
@@ -72,6 +73,9 @@ def build_plan(data: PreparedData, settings: dict) -> EvalPlan:
         pw_items = np.concatenate([targets[:, None], negs[:, n_neg:]], axis=1)
         pw_labels = np.zeros_like(pw_items)
         pw_labels[:, 0] = like.astype(np.int64)
+        pw_perm = np.argsort(rng.random(pw_items.shape), axis=1)  # the target's position carries no signal
+        pw_items = np.take_along_axis(pw_items, pw_perm, axis=1)
+        pw_labels = np.take_along_axis(pw_labels, pw_perm, axis=1)
         splits[split] = SplitPlan(users, targets, sampled, target_pos, pw_items, pw_labels)
     return EvalPlan(hash=_hash(splits), splits=splits)
 

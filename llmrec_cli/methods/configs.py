@@ -39,8 +39,36 @@ class EmbeddingZeroShotConfig(LLMMethodConfig):
     history_weighting: str = "mean"  # mean | recency (newer items weigh more)
 
 
+@dataclass
+class TunedLLMConfig(LLMMethodConfig):
+    """Shared knobs of quadrant-4 methods: LoRA adapters tuned on training data (needs a `model` with `peft`).
+
+    The loop's settings (`trainer.lr`, `trainer.batch_size`, `trainer.grad_accum`, ...) are in `trainer.*`;
+    epochs are `min(trainer.max_epochs, method.max_epochs)` so the CRM default of 200 epochs does not apply.
+    """
+
+    needs_peft: bool = True
+    num_samples: int | None = None  # seeded subset of the training examples (e.g. 16, 64, 256); null: all
+    max_epochs: int = 3
+
+
+@dataclass
+class TallRecConfig(TunedLLMConfig):
+    """Quadrant 4: LoRA instruction tuning on Yes/No questions from training data (TALLRec)."""
+
+    negatives_per_user: int = 1  # unseen items per training user, answered "No"
+    use_ratings: bool = False  # true: the positive is answered "Yes" only if rated >= eval.like_threshold
+
+
+@dataclass
+class ListwiseLoraConfig(TunedLLMConfig):
+    """Quadrant 4: LoRA tuning of the listwise letter verbalizer (LlamaRec-style reranker)."""
+
+
 SCHEMAS = {
     "baseline": BaselineConfig,
     "zero_shot": ZeroShotConfig,
     "embedding_zero_shot": EmbeddingZeroShotConfig,
+    "tallrec": TallRecConfig,
+    "listwise_lora": ListwiseLoraConfig,
 }

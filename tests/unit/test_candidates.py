@@ -53,6 +53,17 @@ def assert_same_plan(a, b):
         np.testing.assert_array_equal(arrays(b)[key], arr, err_msg=str(key))
 
 
+def target_labels(p):
+    """Pointwise label of each user's target (the pointwise items are shuffled per user)."""
+    is_target = p.pointwise_items == p.targets[:, None]
+    assert (is_target.sum(axis=1) == 1).all()
+    return p.pointwise_labels[is_target]
+
+
+def negative_labels(p):
+    return p.pointwise_labels[p.pointwise_items != p.targets[:, None]]
+
+
 def check_candidates(data, plan, n_neg, n_pw):
     for split in SPLITS:
         p = plan[split]
@@ -60,7 +71,7 @@ def check_candidates(data, plan, n_neg, n_pw):
         assert p.sampled.shape == (n, 1 + n_neg) and p.pointwise_items.shape == (n, 1 + n_pw)
         np.testing.assert_array_equal(p.targets, data.targets(split)[p.users])
         np.testing.assert_array_equal(p.sampled[np.arange(n), p.sampled_target_pos], p.targets)
-        np.testing.assert_array_equal(p.pointwise_items[:, 0], p.targets)
+        assert ((p.pointwise_items == p.targets[:, None]).sum(axis=1) == 1).all()
         for row, u in enumerate(p.users):
             seq = set(data.sequence(int(u)).tolist())
             cands = p.sampled[row]
@@ -69,7 +80,7 @@ def check_candidates(data, plan, n_neg, n_pw):
             assert len(set(negs.tolist())) == n_neg  # distinct
             assert not seq & set(negs.tolist())  # never in the user's whole sequence (any split)
             assert negs.min() >= 1 and negs.max() <= data.n_items  # never padding
-            pw_negs = p.pointwise_items[row, 1:]
+            pw_negs = p.pointwise_items[row][p.pointwise_items[row] != p.targets[row]]
             assert len(set(pw_negs.tolist())) == n_pw and not seq & set(pw_negs.tolist())
             assert n_pw == 0 or (pw_negs.min() >= 1 and pw_negs.max() <= data.n_items)
 
@@ -196,7 +207,7 @@ def test_uniform_can_exhaust_the_catalogue(data):
     check_candidates(data, plan, n - 1, 1)
     u = int(np.argmax([len(np.unique(data.sequence(u))) for u in range(data.n_users)]))
     row = plan["test"]
-    everything = set(row.sampled[u].tolist()) | set(row.pointwise_items[u, 1:].tolist()) | set(
+    everything = set(row.sampled[u].tolist()) | set(row.pointwise_items[u].tolist()) | set(
         data.sequence(u).tolist())
     assert everything == set(range(1, data.n_items + 1))
     with pytest.raises(DataError, match="unseen items"):
@@ -222,14 +233,14 @@ def test_pointwise_labels_follow_like_threshold(data):
         labels = plan[split].pointwise_labels
         assert labels.shape == (n, 4)
         assert set(np.unique(labels).tolist()) <= {0, 1}
-        np.testing.assert_array_equal(labels[:, 0], (np.isnan(r) | (r >= 4.0)).astype(int))
-        assert (labels[:, 1:] == 0).all()
-    assert plan["test"].pointwise_labels[:6, 0].tolist() == [0, 0, 0, 1, 1, 1]
+        np.testing.assert_array_equal(target_labels(plan[split]), (np.isnan(r) | (r >= 4.0)).astype(int))
+        assert (negative_labels(plan[split]) == 0).all()
+    assert target_labels(plan["test"])[:6].tolist() == [0, 0, 0, 1, 1, 1]
     high = build_plan(d, settings(pointwise_negatives=3, like_threshold=5.0))
-    assert high["test"].pointwise_labels[:6, 0].tolist() == [0, 0, 0, 0, 1, 1]
+    assert target_labels(high["test"])[:6].tolist() == [0, 0, 0, 0, 1, 1]
     everyone = build_plan(d, settings(pointwise_negatives=3, like_threshold=None))
-    assert (everyone["test"].pointwise_labels[:, 0] == 1).all()
-    assert (everyone["valid"].pointwise_labels[:, 1:] == 0).all()
+    assert (target_labels(everyone["test"]) == 1).all()
+    assert (negative_labels(everyone["valid"]) == 0).all()
 
 
 def eval_cfg(**kw):
@@ -270,6 +281,6 @@ def test_get_plan_cache_distinguishes_ratings(data):
     hi = with_target_ratings(data, {"test": 5.0, "valid": 5.0})
     assert lo.data_hash == hi.data_hash
     a, b = get_plan(lo, cfg, 0), get_plan(hi, cfg, 0)
-    assert (a["test"].pointwise_labels[:, 0] == 0).all()
-    assert (b["test"].pointwise_labels[:, 0] == 1).all()
+    assert (target_labels(a["test"]) == 0).all()
+    assert (target_labels(b["test"]) == 1).all()
     assert a.hash != b.hash

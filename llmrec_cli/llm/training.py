@@ -1,0 +1,457 @@
+"""The LoRA training loop shared by tuned LLM methods: `train_lora(method, examples, ctx, cfg) -> summary`.
+
+`method` has a LoRA-wrapped `method.loaded` (see `llm.loading.apply_lora`) and the `score` used for validation;
+`examples` are `Example(prompt, answer)` pairs (plain `(prompt, answer)` tuples work too); `cfg` is the method's
+config (`max_epochs`). Feature -> config key:
+
+- loss: cross-entropy on the answer tokens only (the prompt is labelled -100). The transformer body returns
+  hidden states and the LM head runs at the answer positions only ([M, V] logits, never [B, T, V]).
+  `Example.choices` restricts the softmax at the (one-token) answer to a few token ids (listwise letters).
+- batches: right padded (prompt + answer, the answer's last token is never fed since nothing reads its output),
+  `trainer.batch_size` examples reshuffled every epoch (seeded), `trainer.grad_accum` batches per step.
+- optimizer: AdamW over the trainable parameters only (`trainer.lr`, `trainer.weight_decay`), built here,
+  after the LoRA wrapping; linear warm-up over `trainer.warmup_ratio` of the steps, then linear decay;
+  gradient clipping at `trainer.max_grad_norm`. bf16 autocast on CUDA; gradient checkpointing is switched on by
+  `apply_lora` from `model.gradient_checkpointing`. Single device (no accelerate / DDP yet).
+- epochs: `min(trainer.max_epochs, method.max_epochs)`. Every `trainer.eval_every` epochs the valid metric
+  `eval.monitor` (through `ctx.validate`) drives early stopping (`trainer.patience`), and the best epoch's
+  adapter weights are restored at the end. Methods that cannot rank the full catalogue monitor
+  `valid/sampled/<metric>` instead of `valid/full/<metric>`. Without `ctx.validate` every epoch runs and the
+  last one is kept.
+- logging per epoch (step = epoch): `train/loss`, `train/epoch_seconds` (training only),
+  `train/tokens_per_second`, `train/lr`, `train/valid_seconds` and the valid metrics.
+- resume: after each epoch the adapter (`adapter/`, peft format), optimizer, scheduler, loop state (epoch,
+  best value, patience count, best weights) and RNG states go to `<run dir>/checkpoints/last`, atomically: a
+  temporary folder is filled, a `COMPLETE` sentinel written last, then renamed into place (the previous
+  checkpoint is kept as `prev` until the swap is done). With `resume=true` the run continues after the newest
+  complete checkpoint whose config fingerprint matches (keys such as `method.max_epochs`, `trainer.patience`,
+  `run_name` and `tracking.*` may differ), looked up in this run's folder, then in the other run folders of
+  `output_dir` (each `llmrec train` gets a new folder, `<output_dir>/<run id>`).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from llmrec_cli.llm.scoring import right_pad
+from llmrec_cli.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+SENTINEL = "COMPLETE"
+STATE_FILE = "trainer_state.pt"
+ADAPTER_DIR = "adapter"
+#: Config keys that may differ between a run and the run it resumes (they do not change what an epoch does).
+NOT_FINGERPRINTED = ("resume", "run_name", "output_dir", "tags", "tracking", "trainer.progress", "trainer.device",
+                     "trainer.num_threads", "trainer.max_epochs", "trainer.patience", "trainer.eval_every",
+                     "method.max_epochs", "eval.batch_size", "eval.protocols", "eval.splits", "eval.ks",
+                     "eval.save_full_topk")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sample: PROMPT, then ANSWER (its tokens carry the loss; no special tokens are added).
+
+    `choices`: token ids the answer's first token is chosen among (the softmax at that position is restricted
+    to them; the answer then counts as that one token).
+    """
+
+    prompt: str
+    answer: str
+    choices: tuple[int, ...] | None = None
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    answer: list[int]
+    choices: tuple[int, ...] | None
+
+
+@dataclass
+class LoopState:
+    """What the loop needs to continue after an epoch (saved in checkpoints)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad: int = 0  # evaluations without improvement
+    best_weights: dict[str, torch.Tensor] | None = None
+
+
+def train_lora(method, examples: Sequence[Example | tuple[str, str]], ctx, cfg) -> dict[str, float]:
+    """Tune METHOD's trainable (LoRA) parameters on EXAMPLES; returns a summary (epochs, best epoch, ...)."""
+    return LoraTrainer(method, examples, ctx, cfg).run()
+
+
+class LoraTrainer:
+    """One training run: setup in `__init__`, `run()` for the epochs, `save_checkpoint` / `load_checkpoint`."""
+
+    def __init__(self, method, examples, ctx, cfg):
+        if not examples:
+            raise ValueError("train_lora got no training examples")
+        self.method, self.ctx = method, ctx
+        self.tcfg = ctx.cfg.trainer
+        self.model = method.loaded.model
+        tokenizer = method.loaded.tokenizer
+        self.device = torch.device(ctx.device)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.rows = encode(examples, tokenizer, int(ctx.cfg.model.max_length))
+        self.epochs = min(int(self.tcfg.max_epochs), int(cfg.max_epochs))
+        self.batch_size = max(1, int(self.tcfg.batch_size))
+        self.accum = max(1, int(self.tcfg.grad_accum))
+        lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.body = getattr(lm, "base_model", lm)  # the transformer without its LM head
+        self.head = _head_fn(lm)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters: wrap it with apply_lora first")
+        self.optimizer = torch.optim.AdamW(self.params, lr=float(self.tcfg.lr),
+                                           weight_decay=float(self.tcfg.weight_decay))
+        steps_per_epoch = math.ceil(math.ceil(len(self.rows) / self.batch_size) / self.accum)
+        self.scheduler = _warmup_linear(self.optimizer, steps_per_epoch * max(self.epochs, 1),
+                                        float(self.tcfg.warmup_ratio))
+        self.shuffle = np.random.default_rng([int(ctx.seed), 4])
+        self.monitor, self.validate = _validator(method, ctx)
+        self.fingerprint = config_fingerprint(ctx.cfg)
+        self.ckpt_root = Path(ctx.output_dir) / "checkpoints"
+        self.state = LoopState()
+        self.last_lr = 0.0  # the learning rate of the epoch's last optimizer step
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, float]:
+        start = self._maybe_resume()
+        self.ctx.log_params({"train.monitor": self.monitor or "none", "train.examples": len(self.rows),
+                             "train.epochs": self.epochs})
+        st = self.state
+        patience = int(self.tcfg.patience)
+        eval_every = max(1, int(self.tcfg.eval_every))
+        times: list[float] = []
+        bar = progress_bar(range(st.epoch + 1, self.epochs + 1), desc="train lora", enabled=self.ctx.progress)
+        for epoch in bar:
+            if self.validate is not None and st.bad >= patience:
+                break  # the resumed run had already stopped early
+            loss, tokens, seconds = self.train_epoch(epoch)
+            times.append(seconds)
+            logged = {"train/loss": loss, "train/epoch_seconds": seconds,
+                      "train/tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+                      "train/lr": self.last_lr}
+            if self.validate is not None and (epoch % eval_every == 0 or epoch == self.epochs):
+                logged.update(self._evaluate(epoch))
+            st.epoch = epoch
+            self.ctx.log_metrics(logged, epoch)
+            self.save_checkpoint()
+            if self.validate is not None and st.bad >= patience:
+                log.info("early stop at epoch %d (best %s=%.4f at epoch %d)", epoch, self.monitor, st.best,
+                         st.best_epoch)
+                break
+        if st.best_weights is not None:
+            self._set_weights(st.best_weights)
+        self.model.eval()
+        out = {"epochs": float(st.epoch), "start_epoch": float(start + 1), "examples": float(len(self.rows)),
+               "seconds_per_epoch": float(np.mean(times)) if times else 0.0}
+        if self.validate is not None:
+            out.update({"best_epoch": float(st.best_epoch), f"best/{self.monitor}": float(st.best)})
+        return out
+
+    def train_epoch(self, epoch: int) -> tuple[float, int, float]:
+        """One pass over the shuffled examples: (mean loss per example, tokens fed, seconds)."""
+        self.model.train()
+        order = self.shuffle.permutation(len(self.rows))
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        total_loss, total_tokens, seen = 0.0, 0, 0
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for k, idx in enumerate(progress_bar(batches, desc=f"epoch {epoch}", enabled=self.ctx.progress)):
+            ids, mask, labels, allowed = collate([self.rows[i] for i in idx], self.pad_id, self.device)
+            with self._autocast():
+                loss = answer_loss(self.body, self.head, ids, mask, labels, allowed)
+            (loss / self.accum).backward()
+            total_loss += float(loss.detach()) * len(idx)
+            total_tokens += int(mask.sum())
+            seen += len(idx)
+            if (k + 1) % self.accum == 0 or k == len(batches) - 1:
+                if float(self.tcfg.max_grad_norm) > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, float(self.tcfg.max_grad_norm))
+                self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return total_loss / max(seen, 1), total_tokens, time.perf_counter() - t0
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        st = self.state
+        t0 = time.perf_counter()
+        valid = dict(self.validate())
+        valid["train/valid_seconds"] = time.perf_counter() - t0
+        value = valid.get(self.monitor)
+        if value is None:
+            raise KeyError(f"eval.monitor={self.monitor} is not among the valid metrics {sorted(valid)}")
+        if value > st.best:
+            st.best, st.best_epoch, st.bad = float(value), epoch, 0
+            st.best_weights = self._weights()
+        else:
+            st.bad += 1
+        return valid
+
+    def _autocast(self):
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in weights:
+                    p.copy_(weights[n].to(p.device, p.dtype))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoints/last` atomically (temp folder + sentinel + os.replace); returns its path."""
+        root = self.ckpt_root
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a crash mid-write
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        self.model.save_pretrained(str(tmp / ADAPTER_DIR))
+        st = self.state
+        torch.save({"epoch": st.epoch, "step": st.step, "best": st.best, "best_epoch": st.best_epoch,
+                    "bad": st.bad, "best_weights": st.best_weights, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "rng": _rng_state(self.shuffle),
+                    "monitor": self.monitor}, tmp / STATE_FILE)
+        (tmp / SENTINEL).write_text(json.dumps({"epoch": st.epoch, "fingerprint": self.fingerprint}) + "\n")
+        last, prev = root / "last", root / "prev"
+        if last.exists():
+            shutil.rmtree(prev, ignore_errors=True)
+            os.replace(last, prev)
+        os.replace(tmp, last)
+        shutil.rmtree(prev, ignore_errors=True)
+        return last
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore adapter weights, optimizer, scheduler, loop and RNG state from a checkpoint folder."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"),
+                                                        device=str(self.device)))
+        saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(self.scheduler.last_epoch)  # this run's schedule (epochs may differ)
+        self.state = LoopState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
+                               best_epoch=saved["best_epoch"], bad=saved["bad"], best_weights=saved["best_weights"])
+        _set_rng_state(saved["rng"], self.shuffle)
+
+    def _maybe_resume(self) -> int:
+        """With `resume=true`, load the newest matching checkpoint; returns the epoch it ended (0: none)."""
+        if not bool(self.ctx.cfg.get("resume", False)):
+            return 0
+        found = find_checkpoint(Path(self.ctx.output_dir), self.fingerprint)
+        if found is None:
+            log.warning("resume=true but no complete checkpoint of this config under %s: starting at epoch 1",
+                        Path(self.ctx.output_dir).parent)
+            return 0
+        self.load_checkpoint(found)
+        log.info("resuming from %s after epoch %d", found, self.state.epoch)
+        self.ctx.log_params({"train.resumed_from": str(found), "train.resumed_epoch": self.state.epoch})
+        return self.state.epoch
+
+
+# ---------------------------------------------------------------------- batches and loss
+
+
+def encode(examples: Sequence[Example | tuple[str, str]], tokenizer, max_length: int) -> list[_Row]:
+    """Token ids per example: the prompt with special tokens (like the Scorer), the answer without; the prompt
+    keeps its last tokens so that prompt + answer[:-1] fits in MAX_LENGTH."""
+    examples = [e if isinstance(e, Example) else Example(*e) for e in examples]
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
+    rows = []
+    for e, p, a in zip(examples, prompts, answers, strict=True):
+        if not a:
+            raise ValueError(f"answer {e.answer!r} has no token")
+        if e.choices is not None:
+            a = a[:1]
+            if a[0] not in e.choices:
+                raise ValueError(f"answer {e.answer!r} (token {a[0]}) is not among its choices {e.choices}")
+        keep = max(1, max_length - len(a) + 1)
+        rows.append(_Row(list(p[-keep:]), list(a), tuple(e.choices) if e.choices is not None else None))
+    return rows
+
+
+def collate(rows: Sequence[_Row], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, labels, choices) for right-padded prompt + answer[:-1].
+
+    `labels[r, t]` is the token position t must predict (-100 on the prompt and the padding). `choices` is
+    None, or [M, C] token ids allowed at each of the M labelled positions (row-major order), -1 padded; a
+    row of -1 allows the whole vocabulary.
+    """
+    ids, mask = right_pad([r.prompt + r.answer[:-1] for r in rows], pad_id)
+    labels = torch.full_like(ids, -100)
+    for i, r in enumerate(rows):
+        start = len(r.prompt) - 1  # the last prompt position predicts the first answer token
+        labels[i, start:start + len(r.answer)] = torch.as_tensor(r.answer, dtype=torch.long)
+    choices = None
+    if any(r.choices is not None for r in rows):
+        width = max(len(r.choices) for r in rows if r.choices is not None)
+        choices = torch.full((sum(len(r.answer) for r in rows), width), -1, dtype=torch.long)
+        m = 0
+        for r in rows:
+            if r.choices is not None:
+                choices[m, :len(r.choices)] = torch.as_tensor(r.choices, dtype=torch.long)
+            m += len(r.answer)
+        choices = choices.to(device)
+    return ids.to(device), mask.to(device), labels.to(device), choices
+
+
+def answer_loss(body, head: Callable, ids, mask, labels, choices=None) -> torch.Tensor:
+    """Mean cross-entropy at the labelled positions; the LM head runs on those hidden states only.
+
+    With CHOICES (see `collate`) the softmax of a restricted position runs over its allowed tokens only."""
+    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    where = labels != -100
+    logits = head(hidden[where])  # [M, V] float32
+    if choices is not None:
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep[(choices < 0).all(dim=1)] = True
+        row, col = (choices >= 0).nonzero(as_tuple=True)
+        keep[row, choices[row, col]] = True
+        logits = logits.masked_fill(~keep, -torch.inf)
+    return torch.nn.functional.cross_entropy(logits, labels[where])
+
+
+def _head_fn(lm) -> Callable:
+    """The LM head as a function of hidden states -> fp32 logits (with the model's logit scale / softcap)."""
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise TypeError(f"{type(lm).__name__} has no LM head: only causal LMs can be tuned with train_lora")
+    config = getattr(lm, "config", None)
+    scale = getattr(config, "logit_scale", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    def fn(hidden: torch.Tensor) -> torch.Tensor:
+        logits = head(hidden).float()
+        if scale is not None:
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return fn
+
+
+def _warmup_linear(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over `warmup_ratio` of TOTAL_STEPS (first step at 1/warmup of the peak), then linear
+    decay towards 0 (the last step still moves)."""
+    warmup = math.ceil(max(0.0, warmup_ratio) * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _validator(method, ctx) -> tuple[str | None, Callable[[], dict[str, float]] | None]:
+    """(monitor name, function returning valid metrics), or (None, None) without `ctx.validate`.
+
+    `ctx.validate` scores the monitor's protocol; a `full` monitor is replaced by the sampled protocol's
+    metric for methods with `supports_full = False` (the evaluator skips `full` for them).
+    """
+    if ctx.validate is None:
+        return None, None
+    monitor = str(ctx.cfg.eval.monitor)
+    split, proto, metric = monitor.split("/")
+    if proto != "full" or method.supports_full:
+        return monitor, lambda: ctx.validate(method)
+    from llmrec_cli.data.candidates import get_plan
+    from llmrec_cli.eval.evaluator import Evaluator
+
+    fallback = f"{split}/sampled/{metric}"
+    log.info("eval.monitor=%s needs full ranking, which %s does not do: monitoring %s", monitor,
+             type(method).__name__, fallback)
+    evaluator = Evaluator(method.data, get_plan(method.data, ctx.cfg.eval, int(ctx.seed)), ctx.cfg.eval)
+    return fallback, lambda: evaluator.evaluate(method, splits=[split], protocols=["sampled"]).metrics
+
+
+# ---------------------------------------------------------------------- resume helpers
+
+
+def config_fingerprint(cfg: Any) -> str:
+    """A hash of the resolved run config without the keys a resumed run may change (NOT_FINGERPRINTED)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    for key in NOT_FINGERPRINTED:
+        node, *rest = key.split(".")
+        parent = data
+        while rest and isinstance(parent.get(node), dict):
+            parent, node, rest = parent[node], rest[0], rest[1:]
+        if not rest and isinstance(parent, dict):
+            parent.pop(node, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def complete_checkpoint(path: Path, fingerprint: str | None = None) -> bool:
+    """Whether PATH holds a finished checkpoint (its sentinel), of FINGERPRINT when given."""
+    sentinel = path / SENTINEL
+    if not sentinel.is_file():
+        return False
+    try:
+        info = json.loads(sentinel.read_text())
+    except (OSError, ValueError):
+        return False
+    return fingerprint is None or info.get("fingerprint") == fingerprint
+
+
+def find_checkpoint(run_dir: Path, fingerprint: str) -> Path | None:
+    """The checkpoint to resume: this run's `checkpoints/last` (or `prev`, if a swap was interrupted), else the
+    newest complete, matching one among the other run folders beside RUN_DIR."""
+    for name in ("last", "prev"):
+        if complete_checkpoint(run_dir / "checkpoints" / name, fingerprint):
+            return run_dir / "checkpoints" / name
+    found = [c for c in run_dir.parent.glob("*/checkpoints/*") if c.name in ("last", "prev")
+             and c.parent.parent != run_dir and complete_checkpoint(c, fingerprint)]
+    return max(found, key=lambda c: (c / SENTINEL).stat().st_mtime_ns) if found else None
+
+
+def _rng_state(shuffle: np.random.Generator) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "shuffle": shuffle.bit_generator.state}
+
+
+def _set_rng_state(state: dict[str, Any], shuffle: np.random.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    shuffle.bit_generator.state = state["shuffle"]

@@ -1,0 +1,164 @@
+"""Shared plumbing of tuned LLM methods (quadrant 4): LoRA on the backbone, training samples, adapter files.
+
+- `fit`: load the backbone (`LLMMethod.setup_llm`), wrap it with LoRA (`model.peft`; adapters initialised
+  from `seed`), log the prompt template, an example and the verbalizer, build the training samples from
+  training data only (`training_samples`, per method), keep a seeded subset of `method.num_samples`, render
+  them as prompts (`render`) and tune with `llmrec_cli.llm.training.train_lora`.
+- `save`: `adapter/` (peft `save_pretrained`) in the run's checkpoint folder, i.e. the MLflow artifact
+  `checkpoint/adapter/adapter_model.safetensors`, plus a top-level artifact `adapter/manifest.json` (the
+  adapter config, files and sha256).
+- `load`: rebuild the backbone and load the adapter with `PeftModel.from_pretrained` (`llmrec eval`).
+- cost: `cost/train_seconds` (training and its validations); the scoring figures count evaluation only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmrec_cli.llm.prompts import TEMPLATES, PromptBuilder
+from llmrec_cli.methods.llm_base import LLMMethod
+from llmrec_cli.utils.io import sha256_file
+
+
+class TunedLLMMethod(LLMMethod):
+    """Base of quadrant-4 methods. Subclasses set `kind` (the prompt template) and implement
+    `training_samples`, `render`, `verbalizer_params`, `example_prompt` and `score`."""
+
+    supports_full = False  # one LLM call per user x item over the whole catalogue is not affordable
+    kind = "pointwise"  # pointwise | listwise: the template of llmrec_cli/llm/prompts.py
+
+    def fit(self, data):
+        self.data = data
+        self.check_config()
+        self.setup_tuned()
+        self.log_prompting()
+        samples = self.subsample(self.training_samples(data, np.random.default_rng([self.ctx.seed, 11])))
+        examples = [self.render(s) for s in samples]
+        self.ctx.log_text(f"{examples[0].prompt}{examples[0].answer}", "prompts/train_example.txt")
+        from llmrec_cli.llm.training import train_lora
+
+        t0 = time.perf_counter()
+        summary = train_lora(self, examples, self.ctx, self.cfg)
+        self._cost["cost/train_seconds"] = time.perf_counter() - t0
+        self._reset_scoring_cost()  # validation during training is not inference cost
+        return summary
+
+    # ---- hooks --------------------------------------------------------------------------------------------
+    def check_config(self) -> None:
+        """Raise ConfigError for settings the method cannot run with (before loading the model)."""
+        from llmrec_cli.errors import ConfigError
+
+        n = self.cfg.num_samples
+        if n is not None and int(n) < 1:
+            raise ConfigError(f"method.num_samples={n} must be >= 1 or null (all training samples)")
+
+    def training_samples(self, data, rng: np.random.Generator) -> list[tuple]:
+        """Cheap sample descriptions from training data only (rendered to prompts after subsampling)."""
+        raise NotImplementedError
+
+    def render(self, sample: tuple):
+        """A `llmrec_cli.llm.training.Example` (prompt, answer[, choices]) for one sample."""
+        raise NotImplementedError
+
+    def verbalizer_params(self) -> dict:
+        raise NotImplementedError
+
+    def example_prompt(self) -> str:
+        """A scoring prompt (valid split, user 0) for the `prompts/example.txt` artifact."""
+        raise NotImplementedError
+
+    # ---- shared -------------------------------------------------------------------------------------------
+    def setup_tuned(self, adapter_dir: Path | None = None) -> None:
+        """Backbone + LoRA adapters (new ones, or ADAPTER_DIR's), the scorer over them and the prompt builder."""
+        import torch
+
+        from llmrec_cli.llm.loading import apply_lora
+        from llmrec_cli.llm.scoring import Scorer
+
+        self.setup_llm()
+        model_cfg = self.ctx.cfg.model
+        if adapter_dir is None:
+            torch.manual_seed(self.ctx.seed)  # adapter init from the run seed (backbone loading may re-seed)
+            self.loaded = apply_lora(self.loaded, model_cfg.peft, bool(model_cfg.gradient_checkpointing))
+        else:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(self.loaded.model, str(adapter_dir))
+            model.eval()
+            self.loaded = dataclasses.replace(self.loaded, model=model)
+        self.scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.ctx.device,
+                             batch_size=int(self.cfg.batch_size), max_length=int(model_cfg.max_length))
+        self.prompts = PromptBuilder(self.data, self.loaded.tokenizer, noun=self.ctx.cfg.dataset.item_noun,
+                                     max_history=int(self.cfg.max_history),
+                                     history_tokens=int(self.cfg.history_tokens),
+                                     use_chat_template=bool(self.cfg.use_chat_template), num_demos=0,
+                                     seed=self.ctx.seed)
+        lora = sum(p.numel() for n, p in self.loaded.model.named_parameters() if "lora_" in n)
+        self.ctx.log_params({"lora.num_parameters": lora,
+                             "lora.trainable_pct": round(100.0 * lora / max(self.loaded.num_parameters, 1), 4)})
+
+    def prompt_for(self, history: np.ndarray, **fields) -> str:
+        """The method's prompt for an explicit HISTORY (training samples end before the user's last train item)."""
+        p = self.prompts
+        return p.wrap(p._fill(self.kind, history=p.history_lines(history), demos="", **fields))
+
+    def subsample(self, samples: list) -> list:
+        """A seeded subset of `method.num_samples` samples (all when null or larger), in their original order."""
+        n = self.cfg.num_samples
+        if not samples:
+            from llmrec_cli.errors import DataError
+
+            raise DataError(f"dataset={self.ctx.cfg.dataset.name} gives no training sample for "
+                            f"method={self.cfg.name}: users need at least 2 training interactions")
+        if n is None or int(n) >= len(samples):
+            return samples
+        rng = np.random.default_rng([self.ctx.seed, 12])
+        return [samples[i] for i in np.sort(rng.choice(len(samples), size=int(n), replace=False))]
+
+    def log_prompting(self) -> None:
+        self.ctx.log_text(TEMPLATES[self.kind], f"prompts/template_{self.kind}.txt")
+        self.ctx.log_text(self.example_prompt(), "prompts/example.txt")
+        self.ctx.log_params({"prompt.chat_template": self.prompts.chat,
+                             "prompt.answer_prefix": repr(self.prompts.answer_prefix), **self.verbalizer_params()})
+
+    def _reset_scoring_cost(self) -> None:
+        self._cost["cost/score_seconds"] = 0.0
+        self._users_scored = 0
+        self.scorer.stats = {"tokens": 0, "forward_calls": 0, "seconds": 0.0}
+
+    def save(self, path: Path) -> list[Path]:
+        out = Path(path) / "adapter"
+        self.loaded.model.save_pretrained(str(out))
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        config_file = out / "adapter_config.json"
+        manifest = {
+            "weights": "checkpoint/adapter/adapter_model.safetensors",
+            "files": {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
+            "adapter_config": json.loads(config_file.read_text()) if config_file.is_file() else None,
+        }
+        self.ctx.log_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), "adapter/manifest.json")
+        return files
+
+    def load(self, path: Path, data) -> None:
+        self.data = data
+        self.setup_tuned(adapter_dir=Path(path) / "adapter")
+        self.log_prompting()
+
+
+def sample_unseen(rng: np.random.Generator, n_items: int, seen: set[int], k: int) -> list[int]:
+    """K distinct items in 1..N_ITEMS outside SEEN (rejection sampling; fewer when not enough are left)."""
+    k = min(k, n_items - len(seen))
+    out: list[int] = []
+    taken = set(seen)
+    while len(out) < k:
+        for c in rng.integers(1, n_items + 1, size=2 * (k - len(out)) + 8).tolist():
+            if c not in taken:
+                taken.add(c)
+                out.append(c)
+                if len(out) == k:
+                    break
+    return out

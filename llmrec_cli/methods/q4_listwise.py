@@ -1,0 +1,84 @@
+"""Quadrant 4, `listwise_lora`: LoRA tuning of the listwise letter verbalizer (LlamaRec-style reranker), no CRM.
+
+Training samples come from training data only: for each user with at least two training interactions the
+history is their training sequence without its last item, and the candidates are that last item plus
+`eval.num_negatives` items outside the user's training sequence, shuffled and labelled A, B, C, ... (the same
+number of candidates as the sampled protocol). The answer is the true item's letter.
+
+Loss: cross-entropy over the candidate letters only, at the one answer position (the softmax is restricted to
+the letter tokens). That is exactly the distribution `Scorer.listwise` reads at scoring time (log-softmax
+over the letter logits), so training and scoring agree and no probability mass is spent on other tokens.
+`method.num_samples` keeps a seeded subset of the users' samples.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+
+from llmrec_cli.llm.prompts import LETTERS
+from llmrec_cli.methods.configs import ListwiseLoraConfig
+from llmrec_cli.methods.llm_base import stack
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod, sample_unseen
+from llmrec_cli.registry import register_method
+
+
+@register_method("listwise_lora", quadrant="4", schema=ListwiseLoraConfig)
+class ListwiseLora(TunedLLMMethod):
+    score_kind = "score"
+    kind = "listwise"
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.ctx.cfg.eval.num_negatives) + 1
+
+    def check_config(self) -> None:
+        super().check_config()
+        if self.num_candidates > len(LETTERS):
+            from llmrec_cli.errors import ConfigError
+
+            raise ConfigError(f"method=listwise_lora labels at most {len(LETTERS)} candidates (letters A-Z), but "
+                              f"eval.num_negatives={self.num_candidates - 1}: use eval.num_negatives<=25")
+
+    def letter_ids(self) -> list[int]:
+        return self.scorer.verbalizer_ids(LETTERS[: self.num_candidates], prefix=self.prompts.answer_prefix)
+
+    @functools.cached_property
+    def choices(self) -> tuple[int, ...]:
+        """The letter tokens the training softmax runs over (those Scorer.listwise reads)."""
+        return tuple(self.letter_ids())
+
+    def training_samples(self, data, rng: np.random.Generator) -> list[tuple]:
+        """(user, history length, candidates, target position) per user; candidates shuffled."""
+        samples = []
+        for u in range(data.n_users):
+            seq = data.train_sequence(u)
+            if len(seq) < 2:
+                continue
+            negs = sample_unseen(rng, data.n_items, set(seq.tolist()), self.num_candidates - 1)
+            cands = np.asarray([int(seq[-1]), *negs], dtype=np.int64)
+            order = rng.permutation(len(cands))
+            samples.append((u, len(seq) - 1, cands[order], int(np.flatnonzero(order == 0)[0])))
+        return samples
+
+    def render(self, sample: tuple):
+        from llmrec_cli.llm.training import Example
+
+        u, n_history, cands, target = sample
+        history = self.data.train_sequence(u)[:n_history]
+        prompt = self.prompt_for(history, candidates=self.prompts.candidate_block(cands))
+        return Example(prompt, self.prompts.answer_prefix + LETTERS[target], choices=self.choices[: len(cands)])
+
+    def verbalizer_params(self) -> dict:
+        return {"verbalizer.index_token_ids": json.dumps(self.letter_ids())}
+
+    def example_prompt(self) -> str:
+        return self.prompts.listwise(0, "valid", self.data.sequence(0)[-3:])
+
+    def score(self, split, users, items):
+        prompts = [self.prompts.listwise(int(u), split, row) for u, row in zip(users, items, strict=True)]
+        labels = LETTERS[: items.shape[1]]
+        out = self.timed(lambda: self.scorer.listwise(prompts, [items.shape[1]] * len(users), labels=labels,
+                                                      prefix=self.prompts.answer_prefix), len(users))
+        return stack(out)
