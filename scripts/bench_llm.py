@@ -14,7 +14,8 @@ Workload (synthetic, per user): ~256 history tokens, 20 candidates of ~16 tokens
 Models: ``tiny`` (2-layer hidden-32 random Llama and its tiny tokenizer, CPU-friendly), built-in random-weight
 presets with real shapes (``smollm2-135m``, ``llama-3.2-1b``; no download, the tiny tokenizer supplies valid
 ids), or ``--config`` (a local dir or hub id; random weights from the config, its tokenizer when available).
-Sections are functions in SECTIONS returning table rows, so further sections (e.g. LoRA training) plug in.
+Sections are functions in SECTIONS returning table rows: likelihood, listwise, pointwise and train (LoRA steps:
+naive HF+PEFT with full-vocabulary logits at every position vs our answer-position loss).
 """
 from __future__ import annotations
 
@@ -209,10 +210,73 @@ def section_pointwise(bench: Bench) -> list[dict]:
     return [naive_row, ours_row]
 
 
+LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def section_train(bench: Bench) -> list[dict]:
+    """LoRA training steps on pointwise yes/no examples: naive HF+PEFT (labels passed to the model, so logits
+    over the full vocabulary at every position) vs llmrec's loop (LM head only at the answer positions).
+    Same model, same LoRA init, same batches; the first-batch losses must agree ("diff" column)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmrec_cli.llm.training import Example, _head_fn, answer_loss, collate, encode
+
+    w, a = bench.work, bench.args
+    n = a.train_batch * (a.train_steps + 1)
+    prompts = (w.pointwise_prompts * (n // max(len(w.pointwise_prompts), 1) + 1))[:n]
+    rows = encode([Example(p, " Yes" if i % 2 == 0 else " No") for i, p in enumerate(prompts)], bench.tok, 1 << 16)
+    pad = int(bench.tok.pad_token_id or 0)
+    batches = [collate(rows[s:s + a.train_batch], pad, bench.device) for s in range(0, n, a.train_batch)]
+
+    def hf_inputs(ids, mask, labels):
+        """HF shifts labels by one inside the model: append a masked pad column and shift ours right."""
+        col = torch.full_like(ids[:, :1], pad)
+        return (torch.cat([ids, col], 1), torch.cat([mask, torch.zeros_like(col)], 1),
+                torch.cat([torch.full_like(col, -100), labels], 1))
+
+    out, first_loss = [], {}
+    for variant in ("naive", "ours"):
+        torch.manual_seed(a.seed)
+        model = get_peft_model(copy.deepcopy(bench.model), LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LLAMA_LORA_TARGETS, task_type="CAUSAL_LM"))
+        model.train()
+        lm = model.get_base_model()
+        body, head = lm.base_model, _head_fn(lm)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bench.device.startswith("cuda") \
+            else torch.autocast("cpu", enabled=False)
+
+        def step(batch, variant=variant, model=model, body=body, head=head, opt=opt, autocast=autocast):
+            ids, mask, labels, _ = batch
+            with autocast:
+                if variant == "naive":
+                    h_ids, h_mask, h_labels = hf_inputs(ids, mask, labels)
+                    loss = model(input_ids=h_ids, attention_mask=h_mask, labels=h_labels).loss
+                else:
+                    loss = answer_loss(body, head, ids, mask, labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+
+        first_loss[variant] = step(batches[0])  # also the warm-up step
+        tokens = sum(int(b[1].sum()) for b in batches[1:])
+        _, secs = _timed(bench, lambda step=step: [step(b) for b in batches[1:]])
+        out.append(_row("train", variant, a.train_batch * a.train_steps, secs, tokens))
+        del model, opt
+    out[1]["ratio"] = out[1]["tokens_s"] / out[0]["tokens_s"]
+    out[1]["diff"] = abs(first_loss["naive"] - first_loss["ours"])
+    return out
+
+
 SECTIONS: dict[str, Callable[[Bench], list[dict]]] = {
     "likelihood": section_likelihood,
     "listwise": section_listwise,
     "pointwise": section_pointwise,
+    "train": section_train,
 }
 
 
@@ -296,6 +360,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--modes", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-batch", type=int, default=16, help="train section: examples per step")
+    ap.add_argument("--train-steps", type=int, default=4, help="train section: timed steps (after one warm-up)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc thresholds")
     args = ap.parse_args()
     tuned = False if args.no_malloc_tuning else tune_glibc_malloc()
