@@ -384,23 +384,12 @@ def _warmup_linear(optimizer, total_steps: int, warmup_ratio: float):
 def _validator(method, ctx) -> tuple[str | None, Callable[[], dict[str, float]] | None]:
     """(monitor name, function returning valid metrics), or (None, None) without `ctx.validate`.
 
-    `ctx.validate` scores the monitor's protocol; a `full` monitor is replaced by the sampled protocol's
-    metric for methods with `supports_full = False` (the evaluator skips `full` for them).
+    The monitor is `eval.monitor`, read through `ctx.monitor_name`: a `full` monitor becomes the sampled
+    protocol's metric for methods with `supports_full = False` (the evaluator skips `full` for them).
     """
     if ctx.validate is None:
         return None, None
-    monitor = str(ctx.cfg.eval.monitor)
-    split, proto, metric = monitor.split("/")
-    if proto != "full" or method.supports_full:
-        return monitor, lambda: ctx.validate(method)
-    from llmrec_cli.data.candidates import get_plan
-    from llmrec_cli.eval.evaluator import Evaluator
-
-    fallback = f"{split}/sampled/{metric}"
-    log.info("eval.monitor=%s needs full ranking, which %s does not do: monitoring %s", monitor,
-             type(method).__name__, fallback)
-    evaluator = Evaluator(method.data, get_plan(method.data, ctx.cfg.eval, int(ctx.seed)), ctx.cfg.eval)
-    return fallback, lambda: evaluator.evaluate(method, splits=[split], protocols=["sampled"]).metrics
+    return ctx.monitor_name(method), lambda: ctx.validate(method)
 
 
 # ---------------------------------------------------------------------- resume helpers

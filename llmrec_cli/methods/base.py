@@ -30,6 +30,13 @@ class RunContext:
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
+    def monitor_name(self, method: Method) -> str:
+        """`eval.monitor`, with `full` replaced by `sampled` for methods that do not rank the full catalogue."""
+        split, proto, metric = str(self.cfg.eval.monitor).split("/")
+        if proto == "full" and not method.supports_full:
+            proto = "sampled"
+        return f"{split}/{proto}/{metric}"
+
 
 class Method:
     """Base class. Subclasses set `score_kind` and implement `fit` and `score` (and may override `score_full`)."""

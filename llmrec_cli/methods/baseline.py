@@ -55,4 +55,4 @@ class Baseline(CRMMethod):
     def fit(self, data):
         self.data = data
         self.crm = build_crm(self.ctx.cfg.crm, data.n_users, data.n_items, self.ctx.device)
-        return fit_crm(self.crm, data, self.ctx, lambda: self.ctx.validate(self), self.ctx.cfg.eval.monitor)
+        return fit_crm(self.crm, data, self.ctx, lambda: self.ctx.validate(self), self.ctx.monitor_name(self))

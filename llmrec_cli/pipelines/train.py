@@ -130,15 +130,19 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
                       "n_users": data.n_users, "n_items": data.n_items})
     timings = {"time/prepare_seconds": time.perf_counter() - t0}
     evaluator = Evaluator(data, plan, cfg.eval)
-    monitor_split, monitor_proto, _ = cfg.eval.monitor.split("/")
     registry.load_all()
     run_dir = Path(cfg.output_dir) / run_id
     ctx = RunContext(
         cfg=cfg, seed=int(cfg.seed), device=device, output_dir=run_dir,
         log_metrics=tracker.log_metrics, log_params=tracker.log_params, log_text=tracker.log_text,
-        validate=lambda m: evaluator.evaluate(m, splits=[monitor_split], protocols=[monitor_proto]).metrics,
         progress=bool(cfg.trainer.progress),
     )
+
+    def validate(method) -> dict[str, float]:
+        split, proto, _ = ctx.monitor_name(method).split("/")
+        return evaluator.evaluate(method, splits=[split], protocols=[proto]).metrics
+
+    ctx.validate = validate
     return Session(data, plan, evaluator, ctx, run_dir, resolved, timings)
 
 
