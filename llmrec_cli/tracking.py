@@ -59,6 +59,12 @@ class Tracker:
         self.experiment_id = get_or_create_experiment(self.client, experiment, _artifact_root(self.uri))
         self.run_id: str | None = None
 
+    def reconnect(self) -> None:
+        """A fresh client (after an interruption left the previous one mid-transaction)."""
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+
     def start(self, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         tags = {k: str(v) for k, v in tags.items() if v is not None}
         parent_run_id = parent_run_id or os.environ.get("LLMREC_PARENT_RUN_ID")

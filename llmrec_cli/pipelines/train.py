@@ -66,18 +66,32 @@ def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary
     try:
         metrics = body(tracker, run_id)
     except KeyboardInterrupt:
-        tracker.set_tags({"error": "interrupted (KeyboardInterrupt)"})
-        tracker.end("KILLED")
+        _terminate(tracker, "KILLED", "interrupted (KeyboardInterrupt or SIGTERM)")
         raise
     except BaseException as exc:
-        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__})
-        tracker.end("FAILED")
+        _terminate(tracker, "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     tracker.end("FINISHED")
     return RunSummary(run_id, run_name, metrics, tracker.uri)
+
+
+def _terminate(tracker: Tracker, status: str, error: str) -> None:
+    """Record the error and the final status even if the interruption hit the store mid-call: ignore further
+    SIGTERMs meanwhile and retry once with a fresh client."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for attempt in range(2):
+        try:
+            if attempt:
+                tracker.reconnect()
+            tracker.set_tags({"error": error})
+            tracker.end(status)
+            return
+        except Exception:  # the store connection may be in a broken state after the interruption
+            log.warning("could not record status %s (attempt %d)", status, attempt + 1, exc_info=attempt == 1)
 
 
 def _interrupt(signum, frame):

@@ -122,10 +122,10 @@ def test_sigterm_ends_the_run_killed(work):
             if len(df) and len(mlflow.MlflowClient().get_metric_history(df.run_id.iloc[0], "train/loss")) >= 1:
                 break
     proc.terminate()
-    proc.wait(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     df = runs(uri)
-    assert list(df["status"]) == ["KILLED"]
+    assert list(df["status"]) == ["KILLED"], err[-2000:]
 
 
 def test_data_info_and_ls_and_config(work):
