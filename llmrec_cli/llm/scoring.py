@@ -30,28 +30,26 @@ import torch
 __all__ = ["Scorer", "left_pad", "right_pad"]
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the right."""
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
         if len(seq):
-            ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq):] = 1
+            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[row, cols] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, cols] = 1
     return ids, mask
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the right."""
+    return _pad(seqs, pad_id, left=True)
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the left."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if len(seq):
-            ids[row, :len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, :len(seq)] = 1
-    return ids, mask
+    return _pad(seqs, pad_id, left=False)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
