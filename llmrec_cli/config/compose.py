@@ -14,10 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from llmrec_cli.config import schema
 from llmrec_cli.errors import ConfigError
 
-GROUPS = ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "tracking", "experiment", "launcher")
+GROUPS = ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval", "trainer", "tracking", "experiment",
+          "arm", "launcher")
 CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "eval.negative_sampling": ("uniform", "popularity"),
+    "candidates.source": ("sampled", "crm_topk"),
 }
 _REGISTERED = False
 
@@ -46,7 +48,8 @@ def register_schemas() -> None:
     cs.store(name="run_schema", node=schema.RunConfig)
     for group, node in (("quadrant", schema.QuadrantConfig), ("model", schema.ModelConfig),
                         ("eval", schema.EvalConfig), ("trainer", schema.TrainerConfig),
-                        ("tracking", schema.TrackingConfig)):
+                        ("tracking", schema.TrackingConfig),
+                        ("candidates", schema.CandidatesConfig)):
         cs.store(group=group, name="schema", node=node)
     for name, entry in registry.DATASETS.items():
         cs.store(group="dataset", name=f"schema_{name}", node=entry.info["schema"])
@@ -179,6 +182,26 @@ def validate(cfg: DictConfig) -> None:
     if cfg.method.get("scoring") == "listwise" and ev.num_negatives + 1 > 26:
         raise ConfigError(f"method.scoring=listwise labels at most 26 candidates (letters A-Z), but "
                           f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25 or another scoring")
+    if cfg.candidates.source == "crm_topk":
+        if str(cfg.quadrant.id) not in ("3", "4"):
+            raise ConfigError(f"candidates=crm_topk (a CRM pre-filter) is for quadrants 3 and 4; method={cfg.method.name} "
+                              f"is quadrant {cfg.quadrant.id}: drop candidates= or pick a quadrant-3/4 method")
+        if cfg.candidates.k < 1:
+            raise ConfigError(f"candidates.k={cfg.candidates.k} must be >= 1")
+        if cfg.method.get("scoring") == "listwise" or cfg.method.name == "listwise_lora":
+            if cfg.candidates.k > 26:
+                raise ConfigError(f"candidates.k={cfg.candidates.k}: listwise prompts label at most 26 candidates "
+                                  f"(letters A-Z); use candidates.k<=26")
+    if cfg.method.get("head") == "listwise" and ev.num_negatives + 1 > 26:
+        raise ConfigError(f"method.head=listwise labels at most 26 candidates (letters A-Z), but "
+                          f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25")
+    for key in ("mode", "head", "adapter"):
+        allowed = {"mode": ("init", "feature"), "head": ("pointwise", "listwise"), "adapter": ("linear", "mlp")}[key]
+        value = cfg.method.get(key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"method.{key}={value} is not one of {', '.join(allowed)}")
+    if cfg.method.get("needs_crm", False) and cfg.crm.name == "pop" and cfg.method.name != "baseline":
+        raise ConfigError(f"method={cfg.method.name} needs a CRM with embeddings: use crm=sasrec or crm=bpr")
     problem = model_problem(cfg.method, cfg.model)
     if problem:
         raise ConfigError(problem)

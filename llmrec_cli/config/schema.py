@@ -43,6 +43,21 @@ class CRMConfig:
 
 
 @dataclass
+class CandidatesConfig:
+    """Which candidates quadrant-3/4 LLM rankers rerank for the full-ranking protocol.
+
+    `sampled`: only the shared sampled/pointwise candidates are scored (no full ranking).
+    `crm_topk`: filter-then-rerank. The run's CRM (`crm=`, trained in-line or `crm.from_run=`) retrieves its
+    top `k` unseen items per user over the whole catalogue; the LLM reorders them and the rest keep the CRM's
+    order, so `*/full/*` metrics are those of the two-stage system (a target outside the top k keeps its CRM
+    rank). The CRM is only a pre-filter: the run stays in quadrant 3 or 4.
+    """
+
+    source: str = "sampled"  # sampled | crm_topk
+    k: int = 20  # crm_topk: items the LLM reranks per user
+
+
+@dataclass
 class LoraConfig:
     """LoRA adapters (peft) on a frozen backbone; `target_modules` are explicit per architecture.
 
@@ -134,6 +149,7 @@ class RunConfig:
     quadrant: Any = MISSING
     method: Any = MISSING
     crm: Any = MISSING
+    candidates: Any = MISSING
     model: Any = MISSING
     eval: Any = MISSING
     trainer: Any = MISSING

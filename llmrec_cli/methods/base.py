@@ -26,6 +26,7 @@ class RunContext:
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     log_params: Callable[[dict[str, Any]], None] = lambda params: None
     log_text: Callable[[str, str], None] = lambda text, artifact_file: None  # (text, path in the run)
+    set_tags: Callable[[dict[str, Any]], None] = lambda tags: None  # e.g. lineage: crm_from_run=<run id>
     validate: Callable[[Method], dict[str, float]] | None = None  # valid-split metrics for early stopping
     progress: bool = True
     extra: dict = field(default_factory=dict)

@@ -65,10 +65,58 @@ class ListwiseLoraConfig(TunedLLMConfig):
     """Quadrant 4: LoRA tuning of the listwise letter verbalizer (LlamaRec-style reranker)."""
 
 
+@dataclass
+class LLMEncoderConfig(LLMMethodConfig):
+    """Quadrant 2: frozen LLM/encoder embeddings of item text feed the CRM (`crm=sasrec|bpr`), UniSRec style.
+
+    `mode=init`: the CRM's item table starts from the projected text embeddings (then trains as usual);
+    `mode=feature`: fixed text embeddings pass through a trainable adapter, optionally fused with ID embeddings.
+    """
+
+    llm_kind: str = "any"
+    needs_crm: bool = True
+    mode: str = "feature"  # init | feature
+    fuse_id: bool = True  # feature mode: add trainable ID embeddings to the adapted text embeddings
+    adapter: str = "linear"  # feature mode: linear | mlp (the trainable map from text space to CRM space)
+    batch_size: int = 64  # texts per forward pass when embedding
+
+
+@dataclass
+class LLMAugmentConfig(LLMMethodConfig):
+    """Quadrant 2: the frozen LLM writes a short knowledge profile per item (and optionally per user, from
+    training history only), cached and resumable; the profiles are encoded and fed to the CRM (KAR style)."""
+
+    needs_crm: bool = True
+    max_new_tokens: int = 48  # length of each generated profile
+    user_profiles: bool = False  # also profile users from their training history (never valid/test items)
+    mode: str = "feature"  # how the encoded profiles enter the CRM: init | feature (as in llm_encoder)
+    fuse_id: bool = True
+    adapter: str = "linear"
+    batch_size: int = 16  # prompts per generate() call
+    log_samples: int = 20  # generations written to the run's `augment/samples.txt`
+
+
+@dataclass
+class CollmConfig(TunedLLMConfig):
+    """Quadrant 1: CRM item (and user) embeddings -> trainable projector -> soft tokens in the LLM prompt next
+    to each item's title (CoLLM / LLaRA / E4SRec); LoRA and the projector are trained, the CRM is frozen unless
+    `crm.trainable=true`."""
+
+    needs_crm: bool = True
+    head: str = "pointwise"  # pointwise (Yes/No, like tallrec) | listwise (letters over the candidates)
+    use_user_embedding: bool = True  # add the CRM's user representation as a soft token before the history
+    projector_hidden: int = 256  # hidden width of the two-layer MLP projector (0: one linear layer)
+    negatives_per_user: int = 1  # pointwise head: unseen items per training user, answered "No"
+    projector_lr: float = 1e-3  # learning rate of the projector (LoRA uses trainer.lr)
+
+
 SCHEMAS = {
     "baseline": BaselineConfig,
     "zero_shot": ZeroShotConfig,
     "embedding_zero_shot": EmbeddingZeroShotConfig,
     "tallrec": TallRecConfig,
     "listwise_lora": ListwiseLoraConfig,
+    "llm_encoder": LLMEncoderConfig,
+    "llm_augment": LLMAugmentConfig,
+    "collm": CollmConfig,
 }

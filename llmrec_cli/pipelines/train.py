@@ -149,6 +149,7 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     ctx = RunContext(
         cfg=cfg, seed=int(cfg.seed), device=device, output_dir=run_dir,
         log_metrics=tracker.log_metrics, log_params=tracker.log_params, log_text=tracker.log_text,
+        set_tags=tracker.set_tags,
         progress=bool(cfg.trainer.progress),
     )
 
