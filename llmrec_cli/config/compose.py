@@ -129,7 +129,11 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = _compose(overrides)
+        # First pass without keys of the groups still to be resolved (`quadrant=3 method.scoring=likelihood`:
+        # method.* exists only once the quadrant's default method is in).
+        pending = [g for g in ("quadrant", "method") if _choice(overrides, g) is None]
+        first = [o for o in overrides if not re.match(rf"[+~]?({'|'.join(pending)})\.", o)] if pending else overrides
+        cfg = _compose(first)
         extra = []
         if OmegaConf.is_missing(cfg, "method") or cfg.get("method") is None:
             quadrant = "baseline" if OmegaConf.is_missing(cfg, "quadrant") else cfg.quadrant.id
@@ -138,7 +142,7 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             extra.append(f"method={_default_method(quadrant)}")
         elif OmegaConf.is_missing(cfg, "quadrant"):
             extra.append(f"quadrant={cfg.method.quadrant}")
-        if extra:
+        if extra or first is not overrides:
             cfg = _compose(overrides + [_quote_numeric_choice(o) for o in extra])
     validate(cfg)
     return cfg

@@ -1,4 +1,11 @@
-"""Shared plumbing of LLM methods: load the backbone once, build the scorer, account for cost.
+"""Shared plumbing of LLM methods: load the backbone once, build the scorer, the optional CRM pre-filter, and
+account for cost.
+
+`candidates=crm_topk` (quadrants 3/4, filter-then-rerank): a CRM (trained in-line, or `crm.from_run=<id>`)
+retrieves its top `candidates.k` unseen items per user; `score_full` lets the LLM reorder those and keeps the
+CRM's order below them, so the evaluator's `full` protocol measures the two-stage system (a target the CRM did
+not retrieve keeps its CRM rank, as in LlamaRec). The sampled and pointwise protocols still score the shared
+candidates with the LLM alone. The pre-filter is saved as `crm.pt` with the checkpoint.
 
 Cost figures (logged with the final metrics): `cost/load_seconds`, `cost/score_seconds`, `cost/tokens`
 (processed by the LLM), `cost/users_per_second`, `cost/peak_gpu_mb`, and `cost/gpu_seconds` on CUDA.
@@ -6,6 +13,7 @@ Cost figures (logged with the final metrics): `cost/load_seconds`, `cost/score_s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +25,8 @@ class LLMMethod(Method):
         super().__init__(cfg, ctx)
         self.loaded = None
         self.scorer = None
+        self.prefilter = None  # the CRM of candidates=crm_topk
+        self.load_dir: Path | None = None  # set by `load`: the checkpoint folder being restored
         self._cost = {"cost/load_seconds": 0.0, "cost/score_seconds": 0.0}
         self._users_scored = 0
 
@@ -35,6 +45,52 @@ class LLMMethod(Method):
                              batch_size=int(self.cfg.batch_size), max_length=int(model_cfg.max_length))
         if self.ctx.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        self.setup_candidates()
+
+    # ---- candidates=crm_topk ------------------------------------------------------------------------
+    def setup_candidates(self) -> None:
+        """The CRM pre-filter of `candidates=crm_topk`: from the checkpoint being loaded, else trained in-line or
+        reused (`crm.from_run`). A no-op for `candidates=sampled`."""
+        cands = self.ctx.cfg.get("candidates")
+        if cands is None or cands.source != "crm_topk" or self.prefilter is not None:
+            return
+        from llmrec_cli.crm.reuse import CRM_FILE, component_crm, load_crm_file
+
+        if self.load_dir is not None and (Path(self.load_dir) / CRM_FILE).is_file():
+            self.prefilter = load_crm_file(Path(self.load_dir), None, self.data, self.ctx.device)
+        else:
+            t0 = time.perf_counter()
+            self.prefilter = component_crm(self.ctx, self.data)
+            self._cost["cost/prefilter_seconds"] = time.perf_counter() - t0
+        self.supports_full = True
+        self.ctx.log_params({"candidates.prefilter": self.prefilter.cfg.name})
+
+    def score_full(self, split, users):
+        """Filter-then-rerank over the catalogue: the LLM's order on the CRM's top k, the CRM's order below."""
+        if self.prefilter is None:
+            return super().score_full(split, users)
+        histories = [self.data.history(int(u), split) for u in users]
+        crm = self.prefilter.score(users, histories, None).float().cpu().numpy().astype(np.float64)
+        k = min(int(self.ctx.cfg.candidates.k), self.data.n_items - max((len(h) for h in histories), default=0))
+        top = self.prefilter.topk(users, histories, max(k, 1))
+        llm = np.asarray(self.score(split, users, top), dtype=np.float64)
+        out = crm - np.nanmax(crm, axis=1, keepdims=True) - 1.0  # every CRM score <= -1
+        order = np.argsort(-np.nan_to_num(llm, nan=-np.inf), axis=1, kind="stable")
+        rows = np.arange(len(users))[:, None]
+        out[rows, np.take_along_axis(top, order, axis=1)] = np.arange(top.shape[1], 0, -1, dtype=np.float64)[None]
+        return out
+
+    def save(self, path: Path) -> list[Path]:
+        if self.prefilter is None:
+            return []
+        from llmrec_cli.crm.reuse import save_crm
+
+        return [save_crm(self.prefilter, Path(path))]
+
+    def load(self, path: Path, data) -> None:
+        """Frozen LLM methods have nothing trained but the pre-filter: set up as in `fit`, reading the checkpoint."""
+        self.load_dir = Path(path)
+        self.fit(data)
 
     def timed(self, fn, n_users: int):
         """Run a scoring call, adding its wall time and user count to the cost figures."""

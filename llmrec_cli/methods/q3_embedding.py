@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -31,17 +33,9 @@ class EmbeddingZeroShot(LLMMethod):
         return {}
 
     def _item_embeddings(self, texts: list[str]) -> np.ndarray:
-        model = self.ctx.cfg.model
-        key = hashlib.sha256("\x1f".join([model.name, str(model.name_or_path), model.pooling, *texts]).encode()).hexdigest()[:16]
-        path = cache_dir() / "embeddings" / f"{model.name}-{key}.npy"
-        if path.is_file():
-            return np.load(path)
-        emb = self.timed(lambda: self.scorer.embed(texts[1:], pooling=model.pooling), 0)
-        emb = np.concatenate([np.zeros((1, emb.shape[1])), emb]).astype(np.float32)  # row 0: padding
-        buf = io.BytesIO()
-        np.save(buf, emb)
-        atomic_write(path, buf.getvalue())
-        return emb
+        pooling = self.ctx.cfg.model.pooling
+        return cached_text_embeddings(self.ctx.cfg.model, texts,
+                                      lambda todo: self.timed(lambda: self.scorer.embed(todo, pooling=pooling), 0))[0]
 
     def _users(self, split: str, users: np.ndarray) -> np.ndarray:
         out = np.zeros((len(users), self.item_emb.shape[1]), dtype=np.float64)
@@ -57,4 +51,31 @@ class EmbeddingZeroShot(LLMMethod):
         return self.timed(lambda: np.einsum("nd,ncd->nc", self._users(split, users), self.item_emb[items]), len(users))
 
     def score_full(self, split, users):
+        if self.prefilter is not None:  # candidates=crm_topk: rerank the CRM's top k
+            return super().score_full(split, users)
         return self.timed(lambda: self._users(split, users) @ self.item_emb.T.astype(np.float64), len(users))
+
+
+def embedding_cache_path(model_cfg, texts: Sequence[str]) -> Path:
+    """`cache_dir()/embeddings/<model>-<key>.npy`, key: model name, name_or_path, pooling and the texts."""
+    parts = [model_cfg.name, str(model_cfg.name_or_path), model_cfg.pooling, *texts]
+    key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+    return cache_dir() / "embeddings" / f"{model_cfg.name}-{key}.npy"
+
+
+def cached_text_embeddings(model_cfg, texts: Sequence[str],
+                           embed: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """(float32 [len(texts), d] embeddings, cache hit) of TEXTS, whose row 0 is padding (zeros).
+
+    `embed(texts[1:])` runs only on a cache miss (shared by `embedding_zero_shot`, `llm_encoder` and
+    `llm_augment`); the result is written atomically, so a killed run leaves no partial file.
+    """
+    path = embedding_cache_path(model_cfg, texts)
+    if path.is_file():
+        return np.load(path), True
+    emb = np.asarray(embed(list(texts[1:])))
+    emb = np.concatenate([np.zeros((1, emb.shape[1])), emb]).astype(np.float32)  # row 0: padding
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    atomic_write(path, buf.getvalue())
+    return emb, False

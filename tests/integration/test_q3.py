@@ -43,3 +43,48 @@ def test_embedding_zero_shot_ranks_the_full_catalogue(work):
 def test_llm_methods_need_an_llm():
     with pytest.raises(ConfigError, match="needs an LLM"):
         compose_run(["quadrant=3"])
+
+
+def test_crm_topk_reranks_a_reused_crm_and_reloads_for_eval(work):
+    """Filter-then-rerank: a finished SASRec run is the pre-filter (crm.from_run), the run stays quadrant 3,
+    its full-ranking metrics are the two-stage system's, and `llmrec eval` reproduces them from the checkpoint."""
+    from llmrec_cli.pipelines.evaluate import run_eval
+
+    path, uri = work
+    base = run_train(compose_run(["quadrant=baseline", "crm=sasrec", *QUICK, "trainer.max_epochs=2",
+                                  f"tracking.uri={uri}"]))
+    cfg = compose_run(["quadrant=3", "method.scoring=likelihood", "model=tiny-llama", "candidates=crm_topk",
+                       "candidates.k=5", f"crm.from_run={base.run_id}", *QUICK, f"tracking.uri={uri}"])
+    summary = run_train(cfg)
+    m = summary.metrics
+    assert 0.0 <= m["test/full/ndcg_10"] <= 1.0 and m["cost/prefilter_seconds"] >= 0
+    # ranks beyond k are the CRM's: hr@20 of the two-stage system equals the CRM's (the top 5 only reorders)
+    assert m["test/full/hr_20"] == pytest.approx(base.metrics["test/full/hr_20"])
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary.run_id)
+    assert run.data.tags["quadrant"] == "3" and run.data.tags["crm_from_run"] == base.run_id
+    assert run.data.tags["crm_source"] == f"run:{base.run_id}"
+    assert not any(k.startswith("crm/") for k in run.data.metrics)  # reused: no in-line CRM training
+    again = run_eval(summary.run_id, None, [], uri).metrics
+    for key in ("test/full/ndcg_10", "test/sampled/ndcg_10", "test/pointwise/auc"):
+        assert again[key] == pytest.approx(m[key]), key
+
+
+def test_crm_topk_rejects_a_crm_run_of_another_type(work):
+    path, uri = work
+    base = run_train(compose_run(["quadrant=baseline", "crm=bpr", *QUICK, "trainer.max_epochs=1",
+                                  f"tracking.uri={uri}"]))
+    cfg = compose_run(["quadrant=3", "model=tiny-llama", "candidates=crm_topk", f"crm.from_run={base.run_id}",
+                       *QUICK, f"tracking.uri={uri}"])
+    with pytest.raises(ConfigError, match="add crm=bpr"):
+        run_train(cfg)
+
+
+def test_crm_topk_trains_its_crm_in_line_for_the_embedding_ranker(work):
+    path, uri = work
+    cfg = compose_run(["method=embedding_zero_shot", "model=tiny-llama", "candidates=crm_topk", "crm=bpr",
+                       "trainer.max_epochs=2", *QUICK, f"tracking.uri={uri}"])
+    summary = run_train(cfg)
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary.run_id)
+    assert run.data.tags["crm_source"] == "inline" and run.data.metrics["crm/fit/epochs"] == 2
+    assert "crm/train/loss" in run.data.metrics and run.data.params["candidates.prefilter"] == "bpr"
+    assert 0.0 <= summary.metrics["test/full/ndcg_10"] <= 1.0
