@@ -52,16 +52,37 @@ def _value(overrides: list[str], key: str) -> str | None:
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The job list Hydra's basic sweeper would produce (cartesian product of the sweep overrides)."""
+    """The job list Hydra's basic sweeper produces: the cartesian product of the sweep overrides and of the
+    `hydra.sweeper.params` a preset declares (`experiment=four-quadrants`; the command line wins per key)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides([_quote_groups(o) for o in overrides])
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides([_quote_groups(o) for o in overrides])
+    keys = {ov.get_key_element().lstrip("+~") for ov in parsed}
+    declared = [f"{k}={v}" for k, v in config_sweep_params(overrides).items() if k not in keys]
+    parsed = parser.parse_overrides([_quote_groups(o) for o in declared]) + parsed  # Hydra's order: config first
     axes = []
     for ov in parsed:
         key = ov.get_key_element()
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
         axes.append([f"{key}={v}" for v in values])
     return [list(job) for job in itertools.product(*axes)]
+
+
+def config_sweep_params(overrides: list[str]) -> dict[str, str]:
+    """`hydra.sweeper.params` of the composed config (presets may declare sweep axes), without composing the
+    method: only the `experiment=` choice matters here."""
+    experiment = next((o.split("=", 1)[1] for o in reversed(overrides) if o.lstrip("+").startswith("experiment=")),
+                      None)
+    if not experiment or "," in experiment or experiment == "null":
+        return {}
+    from omegaconf import OmegaConf
+
+    path = conf_dir() / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        return {}
+    params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params", default=None)
+    return {str(k): str(v) for k, v in (params or {}).items()}
 
 
 def dry_run(overrides: list[str]) -> tuple[list[list[str]], list[str], dict]:
@@ -133,8 +154,12 @@ def _launch(overrides: list[str], sweep_dir: Path, register_schemas) -> None:
     import hydra
 
     register_schemas()
+    # Axes a preset declares go on the command line (before the user's, as Hydra orders them), so that a key
+    # given on both takes the user's values once, and the jobs match `expand`.
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    declared = [f"{k}={v}" for k, v in config_sweep_params(overrides).items() if k not in given]
     argv = [
-        "llmrec-sweep", "-m", *[_quote_groups(o) for o in overrides],
+        "llmrec-sweep", "-m", *[_quote_groups(o) for o in declared + overrides], "hydra.sweeper.params=null",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}", "hydra.job.chdir=false",
         "hydra/job_logging=none", "hydra/hydra_logging=none",
     ]

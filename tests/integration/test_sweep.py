@@ -55,3 +55,26 @@ def test_dry_run_composes_every_job_and_the_launcher(work, launcher):
         assert "SlurmLauncher" in p.stdout and "6 jobs" in p.stdout
     p = llmrec("sweep", "--dry-run", "-m", "crm=pop,nope", cwd=path, check=False)
     assert p.returncode == 2 and "crm=nope is not a known option" in p.stderr
+
+
+def test_four_quadrants_preset_declares_one_job_per_arm(work):
+    path, _ = work
+    jobs = expand(["experiment=four-quadrants", "seed=0,1"])
+    arms = [j[0] for j in jobs[::2]]
+    assert arms == ["arm=pop", "arm=bpr", "arm=sasrec", "arm=q1-collm", "arm=q2-llm-encoder", "arm=q3-zero-shot",
+                    "arm=q4-listwise-lora"] and len(jobs) == 14
+    p = llmrec("sweep", "--dry-run", "experiment=four-quadrants", cwd=path)
+    assert "7 jobs, 0 with config errors" in p.stdout
+
+
+def test_a_preset_sweep_runs_the_arms_given_on_the_command_line(work):
+    """The user's `arm=` replaces the preset's axis (once, not on top of it); quadrants are tagged per arm."""
+    path, uri = work
+    p = llmrec("sweep", "experiment=four-quadrants", "arm=pop,bpr", "dataset=synthetic", "trainer.max_epochs=1",
+               f"tracking.uri={uri}", cwd=path)
+    assert "2 jobs: 2 ok, 0 failed" in p.stdout
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    kids = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert sorted(kids["tags.crm"]) == ["bpr", "pop"] and set(kids["tags.quadrant"]) == {"baseline"}
+    assert kids["tags.candidate_set_hash"].nunique() == 1
