@@ -13,6 +13,11 @@ All scores come back as numpy float64. The engine is built for throughput withou
 * ``pointwise``/``listwise`` detect prompts that share a long token prefix (TALLRec: one user's history
   followed by each candidate) and encode that prefix once, then only the differing suffixes over its cache.
 
+Prompts are text, or token-id lists already tokenised by the caller (used as given, special tokens included).
+With ``embed_fn`` (soft tokens, quadrant 1) every forward passes ``inputs_embeds=embed_fn(ids)`` instead of
+``input_ids``, on every path (plain batches, shared prefixes and their suffixes, likelihood candidates), so ids
+beyond the vocabulary can stand for vectors (CRM items/users) that ``embed_fn`` maps to the model's hidden size.
+
 The model may be a ``transformers`` causal LM, a peft-wrapped one, or (for ``embed``) an encoder such as BERT.
 Heads with post-processing are handled for the two known cases (``final_logit_softcapping``, ``logit_scale``).
 """
@@ -27,7 +32,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Scorer", "left_pad", "right_pad"]
+__all__ = ["Prompt", "Scorer", "left_pad", "right_pad"]
+
+#: A prompt: text, or token ids tokenised by the caller (special tokens included).
+Prompt = str | Sequence[int]
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,13 +82,15 @@ class Scorer:
             suffixes; default ``4 * batch_size``); prompts are grouped so that their rows fit in it.
         share_prefix: in ``pointwise``/``listwise``, prompts whose token ids share a prefix of at least this
             many tokens are encoded as prefix once + suffixes (0 disables).
+        embed_fn: optional ``ids [B, T] -> inputs_embeds [B, T, H]`` used instead of the model's own input
+            embeddings (pads are ordinary token ids); it may map ids >= the vocabulary size to other vectors.
 
     ``self.stats`` accumulates ``tokens`` (real, non-pad tokens fed to the model), ``forward_calls`` and
     ``seconds`` across calls.
     """
 
     def __init__(self, model, tokenizer, device: str, batch_size: int = 16, max_length: int = 1024,
-                 candidate_batch_size: int | None = None, share_prefix: int = 32):
+                 candidate_batch_size: int | None = None, share_prefix: int = 32, embed_fn=None):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -92,6 +102,7 @@ class Scorer:
         self.max_length = int(max_length)
         self.candidate_batch_size = max(1, int(candidate_batch_size or 4 * self.batch_size))
         self.share_prefix = int(share_prefix)
+        self.embed_fn = embed_fn
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -127,7 +138,9 @@ class Scorer:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None,
                  cache=None, use_cache: bool = False, new_mask: torch.Tensor | None = None):
         """Run the transformer body (no LM head) and count tokens; returns its output object."""
-        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        ids = ids.to(self.device)
+        kwargs = {"input_ids": ids} if self.embed_fn is None else {"inputs_embeds": self.embed_fn(ids)}
+        kwargs["attention_mask"] = mask.to(self.device)
         if positions is not None:
             kwargs["position_ids"] = positions.to(self.device)
         if cache is not None:
@@ -150,9 +163,18 @@ class Scorer:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def _encode(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
-        """Token ids, each list cut to its last max_length tokens; prompts (``special``) must not be empty."""
-        ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+    def _encode(self, texts: Sequence[Prompt], special: bool = True) -> list[list[int]]:
+        """Token ids, each list cut to its last max_length tokens; prompts (``special``) must not be empty.
+        Token-id lists among TEXTS are taken as they are (the caller tokenised them)."""
+        strings = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        if len(strings) == len(texts):
+            ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        else:
+            ids = [list(t) for t in texts]
+            if strings:
+                encoded = self.tokenizer([texts[i] for i in strings], add_special_tokens=special)["input_ids"]
+                for i, e in zip(strings, encoded, strict=True):
+                    ids[i] = e
         if special and any(len(s) == 0 for s in ids):
             raise ValueError("empty prompt: it has no token (and the tokenizer adds no BOS) to predict from")
         return [list(s[-self.max_length:]) for s in ids]
@@ -200,7 +222,7 @@ class Scorer:
         out = self._forward(feed, full_mask, positions, cache=cache, new_mask=feed_mask)
         return out.last_hidden_state, feed_mask
 
-    def _last_logits(self, prompts: Sequence[str], token_ids: Sequence[int]) -> np.ndarray:
+    def _last_logits(self, prompts: Sequence[Prompt], token_ids: Sequence[int]) -> np.ndarray:
         """Logits [n, k] of ``token_ids`` at the next-token position after each prompt.
 
         Prompts without a shared prefix: left-padded batches. Prompts sharing a prefix: the prefix once,
@@ -255,7 +277,7 @@ class Scorer:
             seen[tok] = word
         return ids
 
-    def pointwise(self, prompts: Sequence[str], yes: str = "Yes", no: str = "No", prefix: str = " ") -> np.ndarray:
+    def pointwise(self, prompts: Sequence[Prompt], yes: str = "Yes", no: str = "No", prefix: str = " ") -> np.ndarray:
         """P(yes) / (P(yes) + P(no)) for the answer token right after each prompt (TALLRec), shape [n].
 
         ``prefix`` is what precedes the answer word (see ``verbalizer_ids``)."""
@@ -264,7 +286,7 @@ class Scorer:
         logits = self._last_logits(prompts, self.verbalizer_ids([yes, no], prefix))
         return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
 
-    def listwise(self, prompts: Sequence[str], num_candidates: Sequence[int],
+    def listwise(self, prompts: Sequence[Prompt], num_candidates: Sequence[int],
                  labels: Sequence[str] | None = None, prefix: str = " ") -> list[np.ndarray]:
         """Log-softmax over the index labels of each prompt's candidates at the answer position (LlamaRec).
 
@@ -289,7 +311,7 @@ class Scorer:
             out.append(sub - (top + np.log(np.exp(sub - top).sum())))
         return out
 
-    def likelihood(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    def likelihood(self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Mean per-token log p(candidate | prompt) for each prompt's candidates; one array [C_i] per prompt.
 
         Candidates are tokenised on their own (no special tokens) and appended to the prompt's tokens, so
@@ -390,7 +412,11 @@ def _shared_prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int,
                           max_rows: int) -> list[tuple[list[int], int]]:
     """Group prompts (sorted by token ids) that share at least ``min_shared`` leading tokens, at most
     ``max_rows`` per group: [(indices, prefix_len)], prefix_len leaving every suffix at least one token.
-    Groups of one (prefix_len 0) are prompts to encode whole."""
+    Groups of one (prefix_len 0) are prompts to encode whole.
+
+    A prompt joins the current group only if the tokens saved, (size - 1) * prefix_len, do not drop: prompts
+    that share just a common header (a chat template's system turn) do not cut a group's long shared history
+    down to that header."""
     order = sorted(range(len(encoded)), key=lambda i: encoded[i])
     groups: list[tuple[list[int], int]] = []
     cur: list[int] = []
@@ -399,7 +425,8 @@ def _shared_prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int,
         if cur and min_shared > 0 and len(cur) < max_rows:
             new_common = min(common, _common_prefix(encoded[cur[0]], encoded[i]))
             new_shortest = min(shortest, len(encoded[i]))
-            if min(new_common, new_shortest - 1) >= min_shared:
+            shared, before = min(new_common, new_shortest - 1), min(common, shortest - 1)
+            if shared >= min_shared and len(cur) * shared >= (len(cur) - 1) * before:
                 cur.append(i)
                 common, shortest = new_common, new_shortest
                 continue

@@ -12,7 +12,10 @@ config (`max_epochs`). Feature -> config key:
 - optimizer: AdamW over the trainable parameters only (`trainer.lr`, `trainer.weight_decay`), built here,
   after the LoRA wrapping; linear warm-up over `trainer.warmup_ratio` of the steps, then linear decay;
   gradient clipping at `trainer.max_grad_norm`. bf16 autocast on CUDA; gradient checkpointing is switched on by
-  `apply_lora` from `model.gradient_checkpointing`. Single device (no accelerate / DDP yet).
+  `apply_lora` from `model.gradient_checkpointing`.
+- several GPUs: `accelerate launch --num_processes N -m llmrec_cli train ...` (or torchrun); each rank trains on
+  every N-th batch and the trainable gradients are averaged before each step, rank 0 validates and saves
+  (`llmrec_cli/llm/distributed.py`).
 - epochs: `min(trainer.max_epochs, method.max_epochs)`. Every `trainer.eval_every` epochs the valid metric
   `eval.monitor` (through `ctx.validate`) drives early stopping (`trainer.patience`), and the best epoch's
   adapter weights are restored at the end. Methods that cannot rank the full catalogue monitor
@@ -27,6 +30,11 @@ config (`max_epochs`). Feature -> config key:
   complete checkpoint whose config fingerprint matches (keys such as `method.max_epochs`, `trainer.patience`,
   `run_name` and `tracking.*` may differ), looked up in this run's folder, then in the other run folders of
   `output_dir` (each `llmrec train` gets a new folder, `<output_dir>/<run id>`).
+- soft tokens (quadrant 1): a prompt may be a token-id list (special tokens included, ids beyond the vocabulary
+  allowed) and `train_lora(..., embed_fn=...)` feeds `inputs_embeds=embed_fn(ids)` instead of `input_ids`;
+  `extra_params=[(params, lr), ...]` (e.g. a projector at `method.projector_lr`) join the same AdamW as their
+  own parameter groups, share its schedule and clipping, and are saved in the epoch checkpoints (resume) and
+  in the best-epoch weights (early stopping restores them too).
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from llmrec_cli.errors import LlmrecError
+from llmrec_cli.llm import distributed
 from llmrec_cli.llm.scoring import right_pad
 from llmrec_cli.utils.progress import progress_bar
 
@@ -72,7 +82,7 @@ class Example:
     to them; the answer then counts as that one token).
     """
 
-    prompt: str
+    prompt: str | Sequence[int]  # text, or token ids with special tokens (see `Scorer`: the same ids score it)
     answer: str
     choices: tuple[int, ...] | None = None
 
@@ -96,15 +106,18 @@ class LoopState:
     best_weights: dict[str, torch.Tensor] | None = None
 
 
-def train_lora(method, examples: Sequence[Example | tuple[str, str]], ctx, cfg) -> dict[str, float]:
-    """Tune METHOD's trainable (LoRA) parameters on EXAMPLES; returns a summary (epochs, best epoch, ...)."""
-    return LoraTrainer(method, examples, ctx, cfg).run()
+def train_lora(method, examples: Sequence[Example | tuple[str, str]], ctx, cfg, embed_fn: Callable | None = None,
+               extra_params: Sequence[tuple[Sequence[torch.nn.Parameter], float]] = ()) -> dict[str, float]:
+    """Tune METHOD's trainable (LoRA) parameters, and EXTRA_PARAMS (parameters, learning rate), on EXAMPLES;
+    EMBED_FN maps input ids to input embeddings (soft tokens). Returns a summary (epochs, best epoch, ...)."""
+    return LoraTrainer(method, examples, ctx, cfg, embed_fn, extra_params).run()
 
 
 class LoraTrainer:
     """One training run: setup in `__init__`, `run()` for the epochs, `save_checkpoint` / `load_checkpoint`."""
 
-    def __init__(self, method, examples, ctx, cfg):
+    def __init__(self, method, examples, ctx, cfg, embed_fn: Callable | None = None,
+                 extra_params: Sequence[tuple[Sequence[torch.nn.Parameter], float]] = ()):
         if not examples:
             raise ValueError("train_lora got no training examples")
         self.method, self.ctx = method, ctx
@@ -120,12 +133,18 @@ class LoraTrainer:
         lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.body = getattr(lm, "base_model", lm)  # the transformer without its LM head
         self.head = _head_fn(lm)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
+        self.embed_fn = embed_fn
+        lora = [p for p in self.model.parameters() if p.requires_grad]
+        if not lora:
             raise ValueError("the model has no trainable parameters: wrap it with apply_lora first")
-        self.optimizer = torch.optim.AdamW(self.params, lr=float(self.tcfg.lr),
+        groups = [{"params": list(params), "lr": float(lr)} for params, lr in extra_params]
+        self.extra = [p for g in groups for p in g["params"]]  # saved with checkpoints and best weights
+        self.params = lora + self.extra
+        self.optimizer = torch.optim.AdamW([{"params": lora}, *groups], lr=float(self.tcfg.lr),
                                            weight_decay=float(self.tcfg.weight_decay))
-        steps_per_epoch = math.ceil(math.ceil(len(self.rows) / self.batch_size) / self.accum)
+        self.world = distributed.world()
+        batches_per_rank = math.ceil(math.ceil(len(self.rows) / self.batch_size) / self.world.size)
+        steps_per_epoch = math.ceil(batches_per_rank / self.accum)
         self.scheduler = _warmup_linear(self.optimizer, steps_per_epoch * max(self.epochs, 1),
                                         float(self.tcfg.warmup_ratio))
         self.shuffle = np.random.default_rng([int(ctx.seed), 4])
@@ -158,7 +177,8 @@ class LoraTrainer:
                 logged.update(self._evaluate(epoch))
             st.epoch = epoch
             self.ctx.log_metrics(logged, epoch)
-            self.save_checkpoint()
+            if self.world.is_main:
+                self.save_checkpoint()
             if self.validate is not None and st.bad >= patience:
                 log.info("early stop at epoch %d (best %s=%.4f at epoch %d)", epoch, self.monitor, st.best,
                          st.best_epoch)
@@ -177,18 +197,22 @@ class LoraTrainer:
         self.model.train()
         order = self.shuffle.permutation(len(self.rows))
         batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.world.active:  # every rank the same number of batches (the first ones repeat), every N-th one
+            per_rank = math.ceil(len(batches) / self.world.size)
+            batches = (batches + batches[:per_rank * self.world.size - len(batches)])[self.world.rank::self.world.size]
         total_loss, total_tokens, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for k, idx in enumerate(progress_bar(batches, desc=f"epoch {epoch}", enabled=self.ctx.progress)):
             ids, mask, labels, allowed = collate([self.rows[i] for i in idx], self.pad_id, self.device)
             with self._autocast():
-                loss = answer_loss(self.body, self.head, ids, mask, labels, allowed)
+                loss = answer_loss(self.body, self.head, ids, mask, labels, allowed, self.embed_fn)
             (loss / self.accum).backward()
             total_loss += float(loss.detach()) * len(idx)
             total_tokens += int(mask.sum())
             seen += len(idx)
             if (k + 1) % self.accum == 0 or k == len(batches) - 1:
+                distributed.average_gradients(self.params)
                 if float(self.tcfg.max_grad_norm) > 0:
                     torch.nn.utils.clip_grad_norm_(self.params, float(self.tcfg.max_grad_norm))
                 self.last_lr = float(self.optimizer.param_groups[0]["lr"])
@@ -198,12 +222,13 @@ class LoraTrainer:
                 self.state.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return total_loss / max(seen, 1), total_tokens, time.perf_counter() - t0
+        total_loss, seen, total_tokens = distributed.sum_across(total_loss, seen, total_tokens)
+        return total_loss / max(seen, 1), int(total_tokens), time.perf_counter() - t0
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         st = self.state
         t0 = time.perf_counter()
-        valid = dict(self.validate())
+        valid = distributed.broadcast(dict(self.validate()) if self.world.is_main else None)  # rank 0 validates
         valid["train/valid_seconds"] = time.perf_counter() - t0
         value = valid.get(self.monitor)
         if value is None:
@@ -221,11 +246,13 @@ class LoraTrainer:
         return contextlib.nullcontext()
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+        out = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+        out.update({f"extra.{i}": p.detach().to("cpu", copy=True) for i, p in enumerate(self.extra)})
+        return out
 
     def _set_weights(self, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            for n, p in self.model.named_parameters():
+            for n, p in [*self.model.named_parameters(), *((f"extra.{i}", p) for i, p in enumerate(self.extra))]:
                 if n in weights:
                     p.copy_(weights[n].to(p.device, p.dtype))
 
@@ -243,7 +270,7 @@ class LoraTrainer:
         torch.save({"epoch": st.epoch, "step": st.step, "best": st.best, "best_epoch": st.best_epoch,
                     "bad": st.bad, "best_weights": st.best_weights, "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "rng": _rng_state(self.shuffle),
-                    "monitor": self.monitor}, tmp / STATE_FILE)
+                    "monitor": self.monitor, "extra": [p.detach().cpu() for p in self.extra]}, tmp / STATE_FILE)
         (tmp / SENTINEL).write_text(json.dumps({"epoch": st.epoch, "fingerprint": self.fingerprint}) + "\n")
         last, prev = root / "last", root / "prev"
         if last.exists():
@@ -254,13 +281,20 @@ class LoraTrainer:
         return last
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore adapter weights, optimizer, scheduler, loop and RNG state from a checkpoint folder."""
+        """Restore adapter (and extra) weights, optimizer, scheduler, loop and RNG state from a checkpoint folder."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         set_peft_model_state_dict(self.model, load_file(str(path / ADAPTER_DIR / "adapter_model.safetensors"),
                                                         device=str(self.device)))
         saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
+        extra = saved.get("extra", [])
+        if len(extra) != len(self.extra) or any(t.shape != p.shape for t, p in zip(extra, self.extra, strict=False)):
+            raise LlmrecError(f"resume=true: {path} holds {len(extra)} extra tensors (e.g. a projector) that do not "
+                              f"match this run's {len(self.extra)}: use resume=false or the checkpoint's settings")
+        with torch.no_grad():
+            for p, t in zip(self.extra, extra, strict=True):
+                p.copy_(t.to(p.device, p.dtype))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
@@ -289,10 +323,15 @@ class LoraTrainer:
 
 
 def encode(examples: Sequence[Example | tuple[str, str]], tokenizer, max_length: int) -> list[_Row]:
-    """Token ids per example: the prompt with special tokens (like the Scorer), the answer without; the prompt
-    keeps its last tokens so that prompt + answer[:-1] fits in MAX_LENGTH."""
+    """Token ids per example: the prompt with special tokens (like the Scorer; token-id prompts as given), the
+    answer without; the prompt keeps its last tokens so that prompt + answer[:-1] fits in MAX_LENGTH."""
     examples = [e if isinstance(e, Example) else Example(*e) for e in examples]
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    prompts = [None if isinstance(e.prompt, str) else list(e.prompt) for e in examples]
+    texts = [i for i, p in enumerate(prompts) if p is None]
+    if texts:
+        encoded = tokenizer([examples[i].prompt for i in texts], add_special_tokens=True)["input_ids"]
+        for i, ids in zip(texts, encoded, strict=True):
+            prompts[i] = ids
     answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
     rows = []
     for e, p, a in zip(examples, prompts, answers, strict=True):
@@ -332,11 +371,14 @@ def collate(rows: Sequence[_Row], pad_id: int, device) -> tuple[torch.Tensor, ..
     return ids.to(device), mask.to(device), labels.to(device), choices
 
 
-def answer_loss(body, head: Callable, ids, mask, labels, choices=None) -> torch.Tensor:
+def answer_loss(body, head: Callable, ids, mask, labels, choices=None,
+                embed_fn: Callable | None = None) -> torch.Tensor:
     """Mean cross-entropy at the labelled positions; the LM head runs on those hidden states only.
 
-    With CHOICES (see `collate`) the softmax of a restricted position runs over its allowed tokens only."""
-    hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    With CHOICES (see `collate`) the softmax of a restricted position runs over its allowed tokens only. With
+    EMBED_FN the body gets `inputs_embeds=embed_fn(ids)` (soft tokens) instead of the ids."""
+    inputs = {"input_ids": ids} if embed_fn is None else {"inputs_embeds": embed_fn(ids)}
+    hidden = body(**inputs, attention_mask=mask, use_cache=False).last_hidden_state
     where = labels != -100
     logits = head(hidden[where])  # [M, V] float32
     if choices is not None:

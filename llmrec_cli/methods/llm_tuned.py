@@ -3,7 +3,11 @@
 - `fit`: load the backbone (`LLMMethod.setup_llm`), wrap it with LoRA (`model.peft`; adapters initialised
   from `seed`), log the prompt template, an example and the verbalizer, build the training samples from
   training data only (`training_samples`, per method), keep a seeded subset of `method.num_samples`, render
-  them as prompts (`render`) and tune with `llmrec_cli.llm.training.train_lora`.
+  them as prompts (`render`) and tune with `llmrec_cli.llm.training.train_lora` (`train_options`: extra
+  arguments such as quadrant 1's soft-token `embed_fn` and projector parameters).
+- prompts: `make_prompt(user, history, **fields)` builds training and scoring prompts alike (the history is
+  the items the prompt may show: a training prefix, or `data.history(user, split)`); quadrant 1 overrides it
+  to return token ids with soft tokens, and `show` renders a prompt for the logs.
 - `save`: `adapter/` (peft `save_pretrained`) in the run's checkpoint folder, i.e. the MLflow artifact
   `checkpoint/adapter/adapter_model.safetensors`, plus a top-level artifact `adapter/manifest.json` (the
   adapter config, files and sha256).
@@ -30,6 +34,7 @@ class TunedLLMMethod(LLMMethod):
 
     supports_full = False  # one LLM call per user x item over the whole catalogue is not affordable
     kind = "pointwise"  # pointwise | listwise: the template of llmrec_cli/llm/prompts.py
+    prompt_builder = PromptBuilder  # quadrant 1: a builder whose item texts carry soft-token markers
 
     def fit(self, data):
         self.data = data
@@ -38,11 +43,11 @@ class TunedLLMMethod(LLMMethod):
         self.log_prompting()
         samples = self.subsample(self.training_samples(data, np.random.default_rng([self.ctx.seed, 11])))
         examples = [self.render(s) for s in samples]
-        self.ctx.log_text(f"{examples[0].prompt}{examples[0].answer}", "prompts/train_example.txt")
+        self.ctx.log_text(f"{self.show(examples[0].prompt)}{examples[0].answer}", "prompts/train_example.txt")
         from llmrec_cli.llm.training import train_lora
 
         t0 = time.perf_counter()
-        summary = train_lora(self, examples, self.ctx, self.cfg)
+        summary = train_lora(self, examples, self.ctx, self.cfg, **self.train_options())
         self._cost["cost/train_seconds"] = time.perf_counter() - t0
         self._reset_scoring_cost()  # validation during training is not inference cost
         return summary
@@ -92,19 +97,31 @@ class TunedLLMMethod(LLMMethod):
             self.loaded = dataclasses.replace(self.loaded, model=model)
         self.scorer = Scorer(self.loaded.model, self.loaded.tokenizer, self.ctx.device,
                              batch_size=int(self.cfg.batch_size), max_length=int(model_cfg.max_length))
-        self.prompts = PromptBuilder(self.data, self.loaded.tokenizer, noun=self.ctx.cfg.dataset.item_noun,
-                                     max_history=int(self.cfg.max_history),
-                                     history_tokens=int(self.cfg.history_tokens),
-                                     use_chat_template=bool(self.cfg.use_chat_template), num_demos=0,
-                                     seed=self.ctx.seed)
+        self.prompts = self.prompt_builder(self.data, self.loaded.tokenizer, noun=self.ctx.cfg.dataset.item_noun,
+                                           max_history=int(self.cfg.max_history),
+                                           history_tokens=int(self.cfg.history_tokens),
+                                           use_chat_template=bool(self.cfg.use_chat_template), num_demos=0,
+                                           seed=self.ctx.seed)
         lora = sum(p.numel() for n, p in self.loaded.model.named_parameters() if "lora_" in n)
         self.ctx.log_params({"lora.num_parameters": lora,
                              "lora.trainable_pct": round(100.0 * lora / max(self.loaded.num_parameters, 1), 4)})
 
-    def prompt_for(self, history: np.ndarray, **fields) -> str:
-        """The method's prompt for an explicit HISTORY (training samples end before the user's last train item)."""
+    def make_prompt(self, user: int, history: np.ndarray, **fields):
+        """USER's prompt showing HISTORY (training samples: a prefix of the training sequence; scoring:
+        `data.history(user, split)`), with the template's other FIELDS (candidate / candidates)."""
         p = self.prompts
-        return p.wrap(p._fill(self.kind, history=p.history_lines(history), demos="", **fields))
+        return p.wrap(p._fill(self.kind, history=self.history_block(user, history), demos="", **fields))
+
+    def history_block(self, user: int, history: np.ndarray) -> str:
+        return self.prompts.history_lines(history)
+
+    def show(self, prompt) -> str:
+        """A prompt as text for the logs."""
+        return prompt
+
+    def train_options(self) -> dict:
+        """Extra keyword arguments of `train_lora` (none here)."""
+        return {}
 
     def subsample(self, samples: list) -> list:
         """A seeded subset of `method.num_samples` samples (all when null or larger), in their original order."""
@@ -147,6 +164,12 @@ class TunedLLMMethod(LLMMethod):
         self.data = data
         self.setup_tuned(adapter_dir=Path(path) / "adapter")
         self.log_prompting()
+
+
+def training_negatives(data, user: int, rng: np.random.Generator, k: int) -> list[int]:
+    """K negatives for USER's training samples: items the user never interacted with, so that neither a
+    training item nor a held-out valid/test target is ever trained on as a "No" or a wrong choice."""
+    return sample_unseen(rng, data.n_items, set(data.sequence(user).tolist()), k)
 
 
 def sample_unseen(rng: np.random.Generator, n_items: int, seen: set[int], k: int) -> list[int]:

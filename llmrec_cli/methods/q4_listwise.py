@@ -2,8 +2,9 @@
 
 Training samples come from training data only: for each user with at least two training interactions the
 history is their training sequence without its last item, and the candidates are that last item plus
-`eval.num_negatives` items outside the user's training sequence, shuffled and labelled A, B, C, ... (the same
-number of candidates as the sampled protocol). The answer is the true item's letter.
+`eval.num_negatives` items the user never interacted with (in training or as a held-out target), shuffled and
+labelled A, B, C, ... (the same number of candidates as the sampled protocol). The answer is the true item's
+letter.
 
 Loss: cross-entropy over the candidate letters only, at the one answer position (the softmax is restricted to
 the letter tokens). That is exactly the distribution `Scorer.listwise` reads at scoring time (log-softmax
@@ -20,7 +21,7 @@ import numpy as np
 from llmrec_cli.llm.prompts import LETTERS
 from llmrec_cli.methods.configs import ListwiseLoraConfig
 from llmrec_cli.methods.llm_base import stack
-from llmrec_cli.methods.llm_tuned import TunedLLMMethod, sample_unseen
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod, training_negatives
 from llmrec_cli.registry import register_method
 
 
@@ -38,7 +39,7 @@ class ListwiseLora(TunedLLMMethod):
         if self.num_candidates > len(LETTERS):
             from llmrec_cli.errors import ConfigError
 
-            raise ConfigError(f"method=listwise_lora labels at most {len(LETTERS)} candidates (letters A-Z), but "
+            raise ConfigError(f"method={self.cfg.name} labels at most {len(LETTERS)} candidates (letters A-Z), but "
                               f"eval.num_negatives={self.num_candidates - 1}: use eval.num_negatives<=25")
 
     def letter_ids(self) -> list[int]:
@@ -56,7 +57,7 @@ class ListwiseLora(TunedLLMMethod):
             seq = data.train_sequence(u)
             if len(seq) < 2:
                 continue
-            negs = sample_unseen(rng, data.n_items, set(seq.tolist()), self.num_candidates - 1)
+            negs = training_negatives(data, u, rng, self.num_candidates - 1)
             cands = np.asarray([int(seq[-1]), *negs], dtype=np.int64)
             order = rng.permutation(len(cands))
             samples.append((u, len(seq) - 1, cands[order], int(np.flatnonzero(order == 0)[0])))
@@ -67,17 +68,20 @@ class ListwiseLora(TunedLLMMethod):
 
         u, n_history, cands, target = sample
         history = self.data.train_sequence(u)[:n_history]
-        prompt = self.prompt_for(history, candidates=self.prompts.candidate_block(cands))
+        prompt = self.make_prompt(u, history, candidates=self.prompts.candidate_block(cands))
         return Example(prompt, self.prompts.answer_prefix + LETTERS[target], choices=self.choices[: len(cands)])
 
     def verbalizer_params(self) -> dict:
         return {"verbalizer.index_token_ids": json.dumps(self.letter_ids())}
 
     def example_prompt(self) -> str:
-        return self.prompts.listwise(0, "valid", self.data.sequence(0)[-3:])
+        cands = self.prompts.candidate_block(self.data.sequence(0)[-3:])
+        return self.show(self.make_prompt(0, self.data.history(0, "valid"), candidates=cands))
 
     def score(self, split, users, items):
-        prompts = [self.prompts.listwise(int(u), split, row) for u, row in zip(users, items, strict=True)]
+        prompts = [self.make_prompt(int(u), self.data.history(int(u), split),
+                                    candidates=self.prompts.candidate_block(row))
+                   for u, row in zip(users, items, strict=True)]
         labels = LETTERS[: items.shape[1]]
         out = self.timed(lambda: self.scorer.listwise(prompts, [items.shape[1]] * len(users), labels=labels,
                                                       prefix=self.prompts.answer_prefix), len(users))

@@ -2,7 +2,8 @@
 
 Training samples come from training data only. For each user with at least two training interactions the
 history is their training sequence without its last item; that last item is asked about and answered " Yes",
-and `method.negatives_per_user` items outside the user's training sequence are asked about and answered " No".
+and `method.negatives_per_user` items the user never interacted with (neither in training nor as a held-out
+valid/test target) are asked about and answered " No".
 Labels are implicit feedback by default (every interaction is a like), which matches the sampled ranking
 protocol; `method.use_ratings=true` answers the positive " No" when its rating is below `eval.like_threshold`
 (TALLRec's explicit-feedback labels, matching the pointwise protocol's labels). `method.num_samples` keeps a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmrec_cli.methods.configs import TallRecConfig
-from llmrec_cli.methods.llm_tuned import TunedLLMMethod, sample_unseen
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod, training_negatives
 from llmrec_cli.registry import register_method
 
 
@@ -39,7 +40,7 @@ class TallRec(TunedLLMMethod):
                 rating = data.seq_ratings[data.offsets[u] + len(seq) - 1]
                 like = bool(np.isnan(rating) or rating >= threshold)
             samples.append((u, len(seq) - 1, pos, "Yes" if like else "No"))
-            for neg in sample_unseen(rng, data.n_items, set(seq.tolist()), int(self.cfg.negatives_per_user)):
+            for neg in training_negatives(data, u, rng, int(self.cfg.negatives_per_user)):
                 samples.append((u, len(seq) - 1, neg, "No"))
         return samples
 
@@ -48,7 +49,7 @@ class TallRec(TunedLLMMethod):
 
         u, n_history, item, answer = sample
         history = self.data.train_sequence(u)[:n_history]
-        prompt = self.prompt_for(history, candidate=self.prompts.texts[item])
+        prompt = self.make_prompt(u, history, candidate=self.prompts.texts[item])
         return Example(prompt, self.prompts.answer_prefix + answer)
 
     def verbalizer_params(self) -> dict:
@@ -56,11 +57,14 @@ class TallRec(TunedLLMMethod):
         return {"verbalizer.yes_token_id": yes, "verbalizer.no_token_id": no}
 
     def example_prompt(self) -> str:
-        return self.prompts.pointwise(0, "valid", int(self.data.sequence(0)[-3]))
+        item = int(self.data.sequence(0)[-3])
+        return self.show(self.make_prompt(0, self.data.history(0, "valid"), candidate=self.prompts.texts[item]))
 
     def score(self, split, users, items):
-        prompts = [self.prompts.pointwise(int(u), split, int(i)) for u, row in zip(users, items, strict=True)
-                   for i in row]
+        prompts = []
+        for u, row in zip(users, items, strict=True):
+            history = self.data.history(int(u), split)
+            prompts += [self.make_prompt(int(u), history, candidate=self.prompts.texts[int(i)]) for i in row]
         probs = self.timed(lambda: self.scorer.pointwise(prompts, yes="Yes", no="No",
                                                          prefix=self.prompts.answer_prefix), len(users))
         return np.asarray(probs, dtype=np.float64).reshape(items.shape)

@@ -233,3 +233,79 @@ def test_stats_count_work(tiny):
     assert scorer.stats["tokens"] == n_tokens
     assert scorer.stats["forward_calls"] == 2
     assert scorer.stats["seconds"] > 0
+
+
+# ---------------------------------------------------------------------- soft tokens (token-id prompts + embed_fn)
+
+
+class _SoftTable:
+    """A generic embed_fn: ids < V through the model's embeddings, ids >= V rows of a table; records the largest
+    id the embedding layer ever saw."""
+
+    def __init__(self, model, n_soft: int, seed: int = 0):
+        self.emb = model.get_input_embeddings()
+        self.vocab = self.emb.num_embeddings
+        self.table = torch.randn(n_soft, self.emb.embedding_dim, generator=torch.Generator().manual_seed(seed))
+        self.max_seen = -1
+        self.calls = 0
+
+    def __call__(self, ids):
+        self.calls += 1
+        soft = ids >= self.vocab
+        inner = ids.masked_fill(soft, 0)
+        self.max_seen = max(self.max_seen, int(inner.max()))
+        return self.emb(inner).masked_scatter(soft.unsqueeze(-1), self.table[ids[soft] - self.vocab])
+
+
+def _with_soft(tok, text: str, vocab: int, soft: list[int]) -> list[int]:
+    """TEXT's ids with soft ids inserted after every 5th token (the first piece keeps BOS)."""
+    ids = tok(text)["input_ids"]
+    out = []
+    for k, t in enumerate(ids):
+        out.append(t)
+        if k % 5 == 4:
+            out.append(vocab + soft[(k // 5) % len(soft)])
+    return out
+
+
+def test_token_id_prompts_score_like_their_text(scorer, tiny):
+    _, tok = tiny
+    ids = [tok(p)["input_ids"] for p in PROMPTS + SHARED]
+    np.testing.assert_array_equal(scorer.pointwise(ids), scorer.pointwise(PROMPTS + SHARED))
+    mixed = [PROMPTS[0], ids[1], PROMPTS[2], ids[3]]
+    np.testing.assert_array_equal(scorer.pointwise(mixed), scorer.pointwise(PROMPTS))
+
+
+def test_soft_tokens_batched_equals_unbatched_and_naive(tiny):
+    model, tok = tiny
+    soft = _SoftTable(model, 8)
+    # Per-user prompts that share a long prefix with soft tokens in it (the shared-prefix path), plus others.
+    prompts = [_with_soft(tok, p, soft.vocab, [0, 1, 2]) for p in SHARED]
+    prompts += [_with_soft(tok, p, soft.vocab, [k + 3]) for k, p in enumerate(PROMPTS)]
+    shared = Scorer(model, tok, "cpu", batch_size=3, candidate_batch_size=4, share_prefix=16, embed_fn=soft)
+    plain = Scorer(model, tok, "cpu", batch_size=3, share_prefix=0, embed_fn=soft)
+    got = shared.pointwise(prompts)
+    assert shared.stats["tokens"] < 0.8 * sum(len(p) for p in prompts)  # the shared prefixes were reused
+    np.testing.assert_allclose(got, plain.pointwise(prompts), atol=1e-5)
+    np.testing.assert_allclose(got, [plain.pointwise([p])[0] for p in prompts], atol=1e-5)
+    yes, no = shared.verbalizer_ids(["Yes", "No"])
+    with torch.no_grad():
+        naive = [torch.softmax(model(inputs_embeds=soft(torch.tensor([p]))).logits[0, -1, [yes, no]], -1)[0].item()
+                 for p in prompts]
+    np.testing.assert_allclose(got, naive, atol=1e-5)
+    counts = [3] * len(prompts)
+    for a, b in zip(shared.listwise(prompts, counts), plain.listwise(prompts, counts), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert soft.calls > 0 and soft.max_seen < soft.vocab  # extended ids never reached the embedding layer
+
+
+def test_soft_token_scores_follow_their_vectors(tiny):
+    model, tok = tiny
+    soft = _SoftTable(model, 4)
+    with_soft = _with_soft(tok, PROMPTS[0], soft.vocab, [1])
+    without = tok(PROMPTS[2])["input_ids"]
+    scorer = Scorer(model, tok, "cpu", batch_size=2, embed_fn=soft)
+    before = scorer.pointwise([with_soft, without])
+    soft.table[1] += 3.0
+    after = scorer.pointwise([with_soft, without])
+    assert abs(after[0] - before[0]) > 1e-4 and after[1] == before[1]

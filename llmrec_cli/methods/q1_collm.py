@@ -1,0 +1,344 @@
+"""Quadrant 1, `collm`: a LoRA-tuned LLM that reads CRM embeddings as soft tokens in its prompt (CoLLM, LLaRA).
+
+The prompt is the quadrant-4 prompt (`prompts/template_<head>.txt`) plus soft tokens: a vector from the CRM,
+mapped by a trainable projector into the LLM's input-embedding space, sits right after each item's text (in the
+history and candidate lines) and, optionally, a user vector on its own line before the history. Feature ->
+config key:
+
+- head: `method.head=pointwise` (Yes/No, P(Yes) / (P(Yes) + P(No)), TALLRec's samples and
+  `method.negatives_per_user`, `method.use_ratings`) | `listwise` (letters over the candidates, the softmax
+  restricted to the letters, `listwise_lora`'s samples); the heads share those classes' sample logic.
+- CRM: `crm=sasrec|bpr`, trained in-line before the LLM, or reused with `crm.from_run=<run id>`
+  (`llmrec_cli.crm.reuse`; tags `crm_source`, `crm_from_run`). Frozen (eval mode, no gradients) unless
+  `crm.trainable=true`: then its item/user vectors are computed inside the graph at every step and its
+  parameters join the optimizer at `trainer.lr` (it stays in eval mode, i.e. without dropout; SASRec's
+  `user_embeddings` runs without gradients, so only its item table and BPR's user table are tuned through
+  the prompt).
+- projector: `method.projector_hidden` (CRM dim -> hidden -> LLM hidden with GELU; 0: one linear layer),
+  trained with LoRA in the same AdamW at `method.projector_lr` (LoRA: `trainer.lr`), saved in epoch
+  checkpoints (`trainer`'s resume) and with the best epoch's weights (early stopping).
+- user token: `method.use_user_embedding`; the user vector is the CRM's representation of the history the
+  prompt is built from (a training sample: its training prefix; scoring: `data.history(user, split)`), so it
+  never sees a valid/test item the prompt could not show.
+- the LLM scores prompts with `llmrec_cli.llm.scoring.Scorer` (batched, shared-prefix KV reuse) through
+  `embed_fn`; training uses `train_lora(..., embed_fn=..., extra_params=...)`.
+
+Soft tokens are extended token ids (V = the LM's input vocabulary size): item i is `V + i`, user u showing a
+history of length L is `V + n_items + 1 + u * stride + L` (stride = longest sequence + 1). A prompt is rendered
+as text with markers (`[[item:i]]`, `[[user:u:L]]`), split at them, and the text pieces tokenised (the first
+with special tokens, the others without, the same at training and scoring time) around the soft ids. The
+`embed_fn` looks ids < V up in the LM's embeddings and sends ids >= V through the projector; extended ids never
+reach the embedding layer. In the `method.history_tokens` budget a marker counts as one token.
+
+Artifacts: `prompts/template_<head>.txt`, `prompts/example.txt` and `prompts/train_example.txt` with visible
+placeholders (`[item-emb]`, `[user-emb]`), `prompts/soft_tokens.txt` (the layout); params `collm.*` and the
+verbalizer ids. The checkpoint holds `adapter/` (peft), `projector.pt` and `crm.pt`; `llmrec eval` rebuilds all
+three without retraining.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmrec_cli.errors import ConfigError, LlmrecError
+from llmrec_cli.llm.prompts import PromptBuilder
+from llmrec_cli.methods.configs import CollmConfig
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod
+from llmrec_cli.methods.q4_listwise import ListwiseLora
+from llmrec_cli.methods.q4_tallrec import TallRec
+from llmrec_cli.registry import register_method
+from llmrec_cli.utils.io import atomic_path
+
+PROJECTOR_FILE = "projector.pt"
+MARKER = re.compile(r"\[\[(item|user):(\d+)(?::(\d+))?\]\]")
+SHOWN = {"item": "[item-emb]", "user": "[user-emb]"}
+
+
+def item_marker(item: int) -> str:
+    return f"[[item:{int(item)}]]"
+
+
+def user_marker(user: int, history_len: int) -> str:
+    return f"[[user:{int(user)}:{int(history_len)}]]"
+
+
+def build_projector(crm_dim: int, hidden: int, llm_dim: int) -> nn.Module:
+    """CRM dim -> HIDDEN -> LLM dim with GELU (CoLLM's MLP mapper); HIDDEN=0: one linear layer."""
+    if hidden <= 0:
+        return nn.Linear(crm_dim, llm_dim)
+    return nn.Sequential(nn.Linear(crm_dim, hidden), nn.GELU(), nn.Linear(hidden, llm_dim))
+
+
+class SoftTokens:
+    """`embed_fn`: token ids [B, T] -> input embeddings [B, T, H], ids >= vocab through the projector.
+
+    EMBEDDINGS is the LM's input embedding layer, CRM the fitted recommender, DATA the prepared data (user
+    vectors come from `data.sequence(u)[:L]`). With a frozen CRM (`cache=True`) the item table and the user
+    vectors are computed once (`reset()` forgets them).
+    """
+
+    def __init__(self, embeddings: nn.Module, projector: nn.Module, crm, data, cache: bool):
+        self.embeddings, self.projector, self.crm, self.data = embeddings, projector, crm, data
+        self.vocab = int(embeddings.num_embeddings)
+        self.n_items = int(data.n_items)
+        self.stride = int(np.diff(data.offsets).max()) + 1
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self._items: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the cached CRM vectors (after changing a frozen CRM's weights)."""
+        self._items = None
+        if self.cache is not None:
+            self.cache.clear()
+
+    # ---- ids ------------------------------------------------------------------------------------------
+    def item_id(self, item: int) -> int:
+        return self.vocab + int(item)
+
+    def user_id(self, user: int, history_len: int) -> int:
+        return self.vocab + self.n_items + 1 + int(user) * self.stride + int(history_len)
+
+    def decode(self, soft_id: int) -> tuple[str, int, int]:
+        """("item", item, 0) or ("user", user, history length) of an extended id."""
+        rel = int(soft_id) - self.vocab
+        if rel <= self.n_items:
+            return "item", rel, 0
+        user, length = divmod(rel - self.n_items - 1, self.stride)
+        return "user", user, length
+
+    def layout(self) -> dict:
+        return {"vocab": self.vocab, "n_items": self.n_items, "stride": self.stride,
+                "item_id": "vocab + item_idx", "user_id": "vocab + n_items + 1 + user * stride + history_len"}
+
+    # ---- embed_fn -------------------------------------------------------------------------------------
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        soft = ids >= self.vocab
+        embeds = self.embeddings(ids.masked_fill(soft, 0))  # extended ids never reach the embedding layer
+        if not bool(soft.any()):
+            return embeds
+        weight = next(self.projector.parameters())
+        mapped = self.projector(self.vectors(ids[soft] - self.vocab).to(weight.dtype)).to(embeds.dtype)
+        return embeds.masked_scatter(soft.unsqueeze(-1), mapped)
+
+    def vectors(self, rel: torch.Tensor) -> torch.Tensor:
+        """CRM vectors [M, d] for extended ids minus vocab (items 1..n_items, then user slots)."""
+        is_item = rel <= self.n_items
+        parts, where = [], []
+        if bool(is_item.any()):
+            parts.append(self.item_table()[rel[is_item]])
+            where.append(is_item.nonzero()[:, 0])
+        if not bool(is_item.all()):
+            parts.append(self.user_vectors((rel[~is_item] - self.n_items - 1).tolist()))
+            where.append((~is_item).nonzero()[:, 0])
+        order = torch.cat(where)
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def item_table(self) -> torch.Tensor:
+        if self.cache is None:
+            return self.crm.item_embeddings()  # in the graph: a trainable CRM gets gradients
+        if self._items is None:
+            with torch.no_grad():
+                self._items = self.crm.item_embeddings().detach()
+        return self._items
+
+    def user_vectors(self, slots: list[int]) -> torch.Tensor:
+        """The CRM's user representation per slot `user * stride + history_len`, from that history prefix."""
+        todo = sorted(set(slots) - set(self.cache or ()))
+        if todo:
+            users = np.asarray([s // self.stride for s in todo], dtype=np.int64)
+            histories = [self.data.sequence(int(u))[: s % self.stride] for u, s in zip(users, todo, strict=True)]
+            fresh = dict(zip(todo, self.crm.user_embeddings(users, histories), strict=True))
+            if self.cache is None:
+                return torch.stack([fresh[s] for s in slots])
+            self.cache.update({s: v.detach() for s, v in fresh.items()})
+        return torch.stack([self.cache[s] for s in slots])
+
+
+class SoftPromptBuilder(PromptBuilder):
+    """PromptBuilder whose item texts end in their item marker; in the `history_tokens` budget a marker counts
+    as the one input position it becomes."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.texts = [t + item_marker(i) if i else t for i, t in enumerate(self.texts)]
+
+    def history_lines(self, items: np.ndarray) -> str:
+        lines = [f"- {self.texts[int(i)]}" for i in items[-self.max_history:]]
+        while len(lines) > 1 and self._size("\n".join(lines)) > self.history_tokens:
+            lines = lines[1:]
+        return "\n".join(lines)
+
+    def _size(self, text: str) -> int:
+        plain = MARKER.sub("", text)
+        return len(self.tokenizer(plain, add_special_tokens=False)["input_ids"]) + len(MARKER.findall(text))
+
+
+class CollmMethod(TunedLLMMethod):
+    """CRM soft tokens on top of a quadrant-4 head (mixed in before `TallRec` / `ListwiseLora`)."""
+
+    prompt_builder = SoftPromptBuilder
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.crm = None
+        self.soft: SoftTokens | None = None
+        self._saved_projector: dict | None = None
+
+    def check_config(self) -> None:
+        super().check_config()
+        if int(self.cfg.projector_hidden) < 0:
+            raise ConfigError(f"method.projector_hidden={self.cfg.projector_hidden} must be >= 0 (0: linear)")
+        if float(self.cfg.projector_lr) <= 0:
+            raise ConfigError(f"method.projector_lr={self.cfg.projector_lr} must be > 0")
+
+    # ---- setup ----------------------------------------------------------------------------------------
+    def setup_tuned(self, adapter_dir: Path | None = None) -> None:
+        """The CRM (unless `load` set it), backbone + LoRA, the projector and the soft-token prompts."""
+        from llmrec_cli.crm.reuse import component_crm
+
+        if self.crm is None:
+            t0 = time.perf_counter()
+            self.crm = component_crm(self.ctx, self.data)
+            self._cost["cost/crm_seconds"] = time.perf_counter() - t0
+        trainable = bool(self.ctx.cfg.crm.get("trainable", False))
+        self.crm.eval().requires_grad_(trainable)
+        super().setup_tuned(adapter_dir)
+        embeddings = self.loaded.model.get_input_embeddings()
+        crm_dim = int(self.crm.item_embeddings().shape[1])
+        torch.manual_seed(self.ctx.seed)
+        projector = build_projector(crm_dim, int(self.cfg.projector_hidden), int(embeddings.embedding_dim))
+        projector.to(self.ctx.device)
+        self.soft = SoftTokens(embeddings, projector, self.crm, self.data, cache=not trainable)
+        if self._saved_projector is not None:
+            self._restore_projector(self._saved_projector)
+        self.scorer.embed_fn = self.soft
+        self._piece_ids = functools.lru_cache(maxsize=1 << 17)(self._tokenize)
+        self.ctx.log_params({
+            "collm.projector_parameters": sum(p.numel() for p in projector.parameters()),
+            "collm.projector": "->".join(str(d) for d in (crm_dim, int(self.cfg.projector_hidden),
+                                                          int(embeddings.embedding_dim)) if d > 0),
+            "collm.crm": self.crm.cfg.name, "collm.crm_dim": crm_dim, "collm.crm_trainable": trainable,
+            "collm.user_token": bool(self.cfg.use_user_embedding), "collm.vocab_size": self.soft.vocab,
+            "collm.user_stride": self.soft.stride,
+            "collm.soft_tokens": "item: vocab + item_idx, after each item's text; user: vocab + n_items + 1 + "
+                                 "user * user_stride + history_len, on a line before the history",
+        })
+
+    def _restore_projector(self, saved: dict) -> None:
+        layout, mine = saved.get("layout", {}), self.soft.layout()
+        if any(layout.get(k) != mine[k] for k in ("vocab", "n_items", "stride")):
+            raise LlmrecError(f"{PROJECTOR_FILE} was written for soft-token layout {layout}, this run has {mine}: "
+                              f"evaluate the checkpoint on the dataset and model it was trained with")
+        self.soft.projector.load_state_dict(saved["state_dict"])
+
+    def train_options(self) -> dict:
+        extra = [(list(self.soft.projector.parameters()), float(self.cfg.projector_lr))]
+        if bool(self.ctx.cfg.crm.get("trainable", False)):
+            extra.append((list(self.crm.parameters()), float(self.ctx.cfg.trainer.lr)))
+        return {"embed_fn": self.soft, "extra_params": extra}
+
+    def log_prompting(self) -> None:
+        super().log_prompting()
+        user = ("- [user-emb] on a line before the history: the CRM's representation of that history\n"
+                if self.cfg.use_user_embedding else "")
+        self.ctx.log_text("Soft tokens (CRM vectors through the projector, one input position each):\n"
+                          "- [item-emb] right after each item's text in the history and candidate lines\n"
+                          f"{user}Extended ids: {self.soft.layout()}\n", "prompts/soft_tokens.txt")
+
+    # ---- prompts --------------------------------------------------------------------------------------
+    def history_block(self, user: int, history: np.ndarray) -> str:
+        lines = super().history_block(user, history)
+        if not self.cfg.use_user_embedding:
+            return lines
+        return f"User profile: {user_marker(user, len(history))}\n{lines}"
+
+    def make_prompt(self, user: int, history: np.ndarray, **fields) -> list[int]:
+        return self.make_soft(super().make_prompt(user, history, **fields))
+
+    def make_soft(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of a marked TEXT: pieces between markers tokenised (the first with special tokens), the
+        markers replaced by their extended ids."""
+        parts = MARKER.split(text)
+        ids = list(self._piece_ids(parts[0], special))
+        for k in range(1, len(parts), 4):
+            kind, a, b = parts[k:k + 3]
+            ids.append(self.soft.item_id(int(a)) if kind == "item" else self.soft.user_id(int(a), int(b)))
+            ids += self._piece_ids(parts[k + 3], False)
+        return ids
+
+    def _tokenize(self, piece: str, special: bool) -> tuple[int, ...]:
+        return tuple(self.loaded.tokenizer(piece, add_special_tokens=special)["input_ids"]) if piece else ()
+
+    def show(self, prompt) -> str:
+        """The prompt as the LLM reads it: text, with [item-emb] / [user-emb] where the soft tokens are."""
+        if isinstance(prompt, str):
+            return prompt
+        out, run = [], []
+        for t in [*prompt, None]:
+            if t is not None and t < self.soft.vocab:
+                run.append(int(t))
+                continue
+            if run:
+                out.append(self.loaded.tokenizer.decode(run))
+                run = []
+            if t is not None:
+                out.append(SHOWN[self.soft.decode(t)[0]])
+        return "".join(out)
+
+    # ---- checkpoint -----------------------------------------------------------------------------------
+    def save(self, path: Path) -> list[Path]:
+        """`adapter/` (peft), `projector.pt` (weights + soft-token layout) and `crm.pt` (`save_crm`)."""
+        from llmrec_cli.crm.reuse import CRM_FILE, save_crm
+
+        path = Path(path)
+        files = super().save(path)
+        with atomic_path(path / PROJECTOR_FILE) as tmp:
+            torch.save({"state_dict": self.soft.projector.state_dict(), "layout": self.soft.layout(),
+                        "projector_hidden": int(self.cfg.projector_hidden)}, tmp)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".crm-", dir=path))
+        try:
+            os.replace(save_crm(self.crm, tmp_dir), path / CRM_FILE)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        return [*files, path / PROJECTOR_FILE, path / CRM_FILE]
+
+    def load(self, path: Path, data) -> None:
+        from llmrec_cli.crm.reuse import CRM_FILE, load_crm_file
+
+        path = Path(path)
+        for name in (PROJECTOR_FILE, CRM_FILE):
+            if not (path / name).is_file():
+                raise LlmrecError(f"{path}/{name} not found: the checkpoint is not from a finished method=collm run")
+        self.data = data
+        self.crm = load_crm_file(path, self.ctx.cfg.crm, data, self.ctx.device)
+        self._saved_projector = torch.load(path / PROJECTOR_FILE, map_location=self.ctx.device, weights_only=True)
+        self.ctx.set_tags({"crm_source": "checkpoint"})
+        super().load(path, data)
+
+
+class CollmPointwise(CollmMethod, TallRec):
+    """`method=collm method.head=pointwise`: TALLRec's Yes/No samples and scoring with soft tokens."""
+
+
+class CollmListwise(CollmMethod, ListwiseLora):
+    """`method=collm method.head=listwise`: listwise_lora's letter samples and scoring with soft tokens."""
+
+
+HEADS = {"pointwise": CollmPointwise, "listwise": CollmListwise}
+
+
+@register_method("collm", quadrant="1", schema=CollmConfig)
+def collm(cfg, ctx) -> CollmMethod:
+    """The collm method with the head named by `method.head` (pointwise | listwise)."""
+    if cfg.head not in HEADS:
+        raise ConfigError(f"method.head={cfg.head} is not one of {', '.join(HEADS)}")
+    return HEADS[cfg.head](cfg, ctx)
