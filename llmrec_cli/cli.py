@@ -45,7 +45,8 @@ def train(ctx: typer.Context) -> None:
     from llmrec_cli.pipelines.train import run_train
 
     summary = run_train(cfg)
-    _print_results(summary)
+    if summary.tracking_uri:  # empty on the non-zero ranks of a multi-process run: rank 0 reports
+        _print_results(summary)
 
 
 @app.command(context_settings=OVERRIDES)

@@ -57,11 +57,34 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items()}
 
 
+class NullTracker:
+    """What the non-zero ranks of a multi-process run get instead of MLflow: rank 0 alone records the run."""
+
+    uri = ""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary:
-    """Start an MLflow run, call `body(tracker, run_id) -> metrics`, and always terminate the run."""
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    """Start an MLflow run, call `body(tracker, run_id) -> metrics`, and always terminate the run.
+
+    Under a multi-process launcher (see `llmrec_cli.llm.distributed`) rank 0 starts the run and the other
+    ranks run `body` with a `NullTracker` and rank 0's run id."""
+    from llmrec_cli.llm import distributed
+
     run_name = cfg.run_name or default_run_name(cfg)
+    w = distributed.world()
+    if w.active:
+        distributed.init(_device(cfg))
+        if not w.is_main:
+            run_id = distributed.broadcast(None)
+            return RunSummary(run_id, run_name, body(NullTracker(), run_id), "")
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     run_id = tracker.start(run_name, {**run_tags(cfg), **(extra_tags or {})})
+    if w.active:
+        distributed.broadcast(run_id)
+        tracker.set_tags({"world_size": w.size})
     previous = _sigterm_as_interrupt()
     try:
         metrics = body(tracker, run_id)
@@ -127,14 +150,14 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     from llmrec_cli.data.load import load_prepared
     from llmrec_cli.eval.evaluator import Evaluator
     from llmrec_cli.methods.base import RunContext
-    from llmrec_cli.utils.runtime import configure_threads, resolve_device, seed_everything
+    from llmrec_cli.utils.runtime import configure_threads, seed_everything
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     tracker.log_text(resolved, "config.yaml")
     configure_threads(cfg.trainer.num_threads)
     seed_everything(int(cfg.seed))
-    device = resolve_device(cfg.trainer.device)
+    device = _device(cfg)
     tracker.set_tags({"device": device})
 
     t0 = time.perf_counter()
@@ -161,12 +184,25 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     return Session(data, plan, evaluator, ctx, run_dir, resolved, timings)
 
 
+def _device(cfg: DictConfig) -> str:
+    """`trainer.device` resolved (auto -> cuda when available); `cuda:<local rank>` under a launcher."""
+    from llmrec_cli.llm import distributed
+    from llmrec_cli.utils.runtime import resolve_device
+
+    device = resolve_device(cfg.trainer.device)
+    return distributed.init(device) if distributed.world().active else device
+
+
 def _train(cfg: DictConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
+    from llmrec_cli.llm import distributed
+
     s = setup(cfg, tracker, run_id)
     method = registry.METHODS[cfg.method.name].obj(cfg.method, s.ctx)
     t0 = time.perf_counter()
     fit_summary = method.fit(s.data) or {}
     s.timings["time/fit_seconds"] = time.perf_counter() - t0
+    if not distributed.world().is_main:
+        return fit_summary  # rank 0 saves, evaluates and logs
     ckpt = s.run_dir / "checkpoint"
     method.save(ckpt)
     atomic_write(ckpt / "config.yaml", s.resolved_yaml)
