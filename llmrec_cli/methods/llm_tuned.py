@@ -158,10 +158,11 @@ class TunedLLMMethod(LLMMethod):
             "adapter_config": json.loads(config_file.read_text()) if config_file.is_file() else None,
         }
         self.ctx.log_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), "adapter/manifest.json")
-        return files
+        return files + super().save(path)  # + the candidates=crm_topk pre-filter, if any
 
     def load(self, path: Path, data) -> None:
         self.data = data
+        self.load_dir = Path(path)
         self.setup_tuned(adapter_dir=Path(path) / "adapter")
         self.log_prompting()
 

@@ -147,3 +147,18 @@ def test_quadrant_4_defaults_to_listwise_lora_and_needs_a_lora_model():
     assert compose_run(["quadrant=4", "model=tiny-llama-lora"]).method.name == "listwise_lora"
     with pytest.raises(ConfigError, match="needs? a LoRA model|no `peft` block"):
         compose_run(["method=tallrec", "model=tiny-llama"])
+
+
+def test_tuned_ranker_reranks_crm_top_k_and_reloads_with_its_prefilter(work):
+    from llmrec_cli.pipelines.evaluate import run_eval
+
+    path, uri = work
+    cfg = compose_run(["method=listwise_lora", *QUICK, "method.max_epochs=1", "candidates=crm_topk", "candidates.k=8",
+                       "crm=bpr", "trainer.max_epochs=1", f"tracking.uri={uri}"])
+    summary = run_train(cfg)
+    assert 0.0 <= summary.metrics["test/full/ndcg_10"] <= 1.0
+    arts = {a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(summary.run_id, "checkpoint")}
+    assert "checkpoint/crm.pt" in arts
+    again = run_eval(summary.run_id, None, [], uri).metrics
+    for key in ("test/full/ndcg_10", "test/sampled/ndcg_10"):
+        assert again[key] == pytest.approx(summary.metrics[key]), key
