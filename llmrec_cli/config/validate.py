@@ -16,7 +16,7 @@ def _describe(group: str, name: str) -> str:
 
 def catalogue() -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {}
-    for group in ("dataset", "quadrant", "method", "crm", "model", "eval", "trainer", "experiment"):
+    for group in ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval", "trainer", "experiment", "arm"):
         rows = []
         for name in group_options(group):
             desc = _describe(group, name)
@@ -46,8 +46,8 @@ def combinations() -> list[list[str]]:
         method_cfg = _with_schema("method", method, SCHEMAS.get(method, MethodConfig))
         for crm in group_options("crm"):
             for model, model_cfg in models.items():
-                if model_problem(method_cfg, model_cfg):
-                    continue  # not a registered combination (e.g. an LLM method without an LLM)
+                if model_problem(method_cfg, model_cfg) or (method_cfg.get("needs_crm") and crm == "pop"):
+                    continue  # not a valid combination (an LLM method without an LLM, a CRM component without embeddings)
                 combos.append([f"method={method}", f"crm={crm}", f"model={model}"])
     for quadrant in group_options("quadrant"):
         default = OmegaConf.load(conf_dir() / "quadrant" / f"{quadrant}.yaml").default_method
@@ -56,6 +56,9 @@ def combinations() -> list[list[str]]:
         combos.append([f"quadrant={quadrant}", f"model={model}"])
     for group in ("dataset", "eval", "trainer", "tracking", "experiment"):
         combos.extend([f"{group}={name}"] for name in group_options(group))
+    for name in group_options("candidates"):
+        combos.append(["quadrant=3", "model=tiny-llama", f"candidates={name}"])
+    combos.extend(["experiment=four-quadrants", f"arm={name}"] for name in group_options("arm"))
     return combos
 
 
