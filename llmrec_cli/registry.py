@@ -32,8 +32,11 @@ PLUGIN_MODULES = (
     "llmrec_cli.methods.baseline",
     "llmrec_cli.methods.q3_zero_shot",
     "llmrec_cli.methods.q3_embedding",
+    "llmrec_cli.methods.q2_llm_encoder",
+    "llmrec_cli.methods.q2_llm_augment",
     "llmrec_cli.methods.q4_tallrec",
     "llmrec_cli.methods.q4_listwise",
+    "llmrec_cli.methods.q1_collm",
 )
 
 

@@ -3,6 +3,12 @@
 A CRM scores items for (user, history) pairs and exposes its item/user embeddings and top-K retrieval, so later
 quadrants can reuse it as a component (`candidates=crm_topk`, CRM embeddings in prompts, text-initialised
 item tables). Training sees only the training part of each sequence (`PreparedData.train_sequence`).
+
+Hooks for quadrant 2 (both None for baselines, which then run exactly as without them):
+- `set_item_encoder(module)`: `module(id_table) -> [n_items + 1, d]` replaces the item table (`item_emb.weight`)
+  everywhere the CRM uses item vectors (row 0, padding, must stay zero), e.g. adapter(text) + ID embedding;
+- `set_user_encoder(module)`: `module(user_idx) -> [n, d]` is added to the user representation.
+Both modules are sub-modules, so their parameters train with the CRM and their buffers are in `state_dict`.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ class CRM(nn.Module):
     def __init__(self, cfg, n_users: int, n_items: int):
         super().__init__()
         self.cfg, self.n_users, self.n_items = cfg, n_users, n_items
+        self.item_encoder: nn.Module | None = None
+        self.user_encoder: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -47,6 +55,27 @@ class CRM(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         """[n_items + 1, d]; row 0 is padding."""
         raise NotImplementedError
+
+    def set_item_encoder(self, module: nn.Module | None) -> None:
+        """Compute the item table with MODULE (see the module docstring); None restores the plain ID table."""
+        self.item_encoder = module.to(self.device) if module is not None else None
+
+    def set_user_encoder(self, module: nn.Module | None) -> None:
+        """Add MODULE(user indices) to the user representation; None removes it."""
+        self.user_encoder = module.to(self.device) if module is not None else None
+
+    def item_table(self) -> torch.Tensor:
+        """The effective item table [n_items + 1, d]: the ID table `item_emb.weight`, or the item encoder's
+        output for it. CRMs with an item table name it `item_emb`."""
+        ids = self.item_emb.weight
+        return ids if self.item_encoder is None else self.item_encoder(ids)
+
+    def add_user_offset(self, reps: torch.Tensor, users) -> torch.Tensor:
+        """REPS [n, d] (or [n, L, d]) of USERS plus the user encoder's vectors; REPS itself without an encoder."""
+        if self.user_encoder is None:
+            return reps
+        offset = self.user_encoder(torch.as_tensor(users, dtype=torch.long, device=reps.device))
+        return reps + (offset[:, None] if reps.dim() == 3 else offset)
 
     def user_embeddings(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         """[n, d] user representations in the item-embedding space."""

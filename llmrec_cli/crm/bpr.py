@@ -1,4 +1,8 @@
-"""BPR-MF (Rendle et al., UAI 2009): score = <user, item>, trained on (user, positive, sampled negative)."""
+"""BPR-MF (Rendle et al., UAI 2009): score = <user, item>, trained on (user, positive, sampled negative).
+
+Item vectors come from `item_table()` (`item_emb`, or a quadrant-2 item encoder); a user encoder's vector is
+added to the user embedding.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -37,7 +41,9 @@ class BPR(CRM):
             pos = np.repeat(items[idx], self.cfg.num_negatives)
             neg = self._sample_negatives(u, rng)
             u_t, p_t, n_t = (torch.as_tensor(x, dtype=torch.long, device=dev) for x in (u, pos, neg))
-            ue, pe, ne = self.user_emb(u_t), self.item_emb(p_t), self.item_emb(n_t)
+            table = self.item_table()
+            ue = self.add_user_offset(self.user_emb(u_t), u_t)
+            pe, ne = F.embedding(p_t, table, padding_idx=0), F.embedding(n_t, table, padding_idx=0)
             diff = (ue * pe).sum(-1) - (ue * ne).sum(-1)
             loss = -F.logsigmoid(diff).mean() + self.cfg.reg * (ue.pow(2).sum() + pe.pow(2).sum() + ne.pow(2).sum()) / len(u)
             optimizer.zero_grad(set_to_none=True)
@@ -58,15 +64,17 @@ class BPR(CRM):
         return neg
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
+        return self.item_table()
 
     def user_embeddings(self, users, histories) -> torch.Tensor:
-        return self.user_emb(torch.as_tensor(users, dtype=torch.long, device=self.device))
+        u_t = torch.as_tensor(users, dtype=torch.long, device=self.device)
+        return self.add_user_offset(self.user_emb(u_t), u_t)
 
     @torch.no_grad()
     def score(self, users, histories, items):
         ue = self.user_embeddings(users, histories)
+        table = self.item_table()
         if items is None:
-            return ue @ self.item_emb.weight.T
-        it = self.item_emb(torch.as_tensor(items, dtype=torch.long, device=self.device))
+            return ue @ table.T
+        it = F.embedding(torch.as_tensor(items, dtype=torch.long, device=self.device), table)
         return torch.einsum("nd,ncd->nc", ue, it)

@@ -1,7 +1,9 @@
 """SASRec (Kang & McAuley, ICDM 2018) with cross-entropy over all items at every position.
 
 Sequences are left-padded to `max_len`; a user longer than `max_len` contributes several training windows
-(stepping back from the end by `max_len`). The item embedding table is shared by input and output.
+(stepping back from the end by `max_len`). The item table is shared by input and output; it is `item_emb`, or
+the output of a quadrant-2 item encoder (`CRM.set_item_encoder`). A user encoder's vector is added to the
+hidden state of every position (the last one is the user representation).
 """
 from __future__ import annotations
 
@@ -46,14 +48,17 @@ class SASRec(CRM):
         causal = torch.triu(torch.ones(cfg.max_len, cfg.max_len, dtype=torch.bool), diagonal=1)
         self.register_buffer("causal_mask", causal, persistent=False)
         self._windows: list[np.ndarray] = []
+        self._window_users = np.zeros(0, dtype=np.int64)
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states [n, L, h] for left-padded item sequences [n, L]."""
+    def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [n, L, h] for left-padded item sequences [n, L] (item vectors from TABLE, default
+        `item_table()`)."""
         L = seq.shape[1]
+        table = self.item_table() if table is None else table
         # Positions count back from the most recent item, as if every sequence were padded to max_len, so a
         # user's scores do not depend on how wide the batch is.
         pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device)
-        x = self.item_emb(seq) * (self.cfg.hidden ** 0.5) + self.pos_emb(pos)[None]
+        x = F.embedding(seq, table, padding_idx=0) * (self.cfg.hidden ** 0.5) + self.pos_emb(pos)[None]
         x = self.emb_dropout(x)
         pad = seq == 0
         x = self.encoder(x, mask=self.causal_mask[:L, :L], src_key_padding_mask=pad, is_causal=True)
@@ -61,14 +66,16 @@ class SASRec(CRM):
 
     def setup(self, data) -> None:
         L = self.cfg.max_len
-        windows = []
+        windows, users = [], []
         for u in range(data.n_users):
             s = data.train_sequence(u)
             end = len(s)
             while end >= 2:
                 windows.append(s[max(0, end - L - 1) : end])
+                users.append(u)
                 end -= L
         self._windows = windows
+        self._window_users = np.asarray(users, dtype=np.int64)
 
     def train_epoch(self, data, optimizer, rng: np.random.Generator, progress: bool) -> float:
         L, dev = self.cfg.max_len, self.device
@@ -78,9 +85,10 @@ class SASRec(CRM):
             width = L if self.pad_to_max_len else min(L, max(len(w) for w in batch) - 1)
             inp = torch.as_tensor(left_pad([w[:-1] for w in batch], width), device=dev)
             tgt = torch.as_tensor(left_pad([w[1:] for w in batch], width), device=dev)
-            hidden = self.encode(inp)
+            table = self.item_table()
+            hidden = self.add_user_offset(self.encode(inp, table), self._window_users[idx])
             mask = tgt > 0
-            logits = hidden[mask] @ self.item_emb.weight.T
+            logits = hidden[mask] @ table.T
             loss = F.cross_entropy(logits, tgt[mask])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -101,15 +109,16 @@ class SASRec(CRM):
     def user_embeddings(self, users, histories) -> torch.Tensor:
         width = max(1, min(self.cfg.max_len, max((len(h) for h in histories), default=1)))
         seq = torch.as_tensor(left_pad(histories, width), device=self.device)
-        return self.encode(seq)[:, -1]
+        return self.add_user_offset(self.encode(seq)[:, -1], users)
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
+        return self.item_table()
 
     @torch.no_grad()
     def score(self, users, histories, items):
         h = self.user_embeddings(users, histories)
+        table = self.item_table()
         if items is None:
-            return h @ self.item_emb.weight.T
-        it = self.item_emb(torch.as_tensor(items, dtype=torch.long, device=self.device))
+            return h @ table.T
+        it = F.embedding(torch.as_tensor(items, dtype=torch.long, device=self.device), table)
         return torch.einsum("nd,ncd->nc", h, it)

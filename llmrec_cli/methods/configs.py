@@ -78,6 +78,7 @@ class LLMEncoderConfig(LLMMethodConfig):
     mode: str = "feature"  # init | feature
     fuse_id: bool = True  # feature mode: add trainable ID embeddings to the adapted text embeddings
     adapter: str = "linear"  # feature mode: linear | mlp (the trainable map from text space to CRM space)
+    whiten: bool = False  # PCA-whiten the text vectors (default: centred, unit mean norm)
     batch_size: int = 64  # texts per forward pass when embedding
 
 
@@ -92,6 +93,7 @@ class LLMAugmentConfig(LLMMethodConfig):
     mode: str = "feature"  # how the encoded profiles enter the CRM: init | feature (as in llm_encoder)
     fuse_id: bool = True
     adapter: str = "linear"
+    whiten: bool = False  # as in llm_encoder
     batch_size: int = 16  # prompts per generate() call
     log_samples: int = 20  # generations written to the run's `augment/samples.txt`
 
@@ -107,6 +109,7 @@ class CollmConfig(TunedLLMConfig):
     use_user_embedding: bool = True  # add the CRM's user representation as a soft token before the history
     projector_hidden: int = 256  # hidden width of the two-layer MLP projector (0: one linear layer)
     negatives_per_user: int = 1  # pointwise head: unseen items per training user, answered "No"
+    use_ratings: bool = False  # pointwise head: the positive is answered "Yes" only if rated >= eval.like_threshold
     projector_lr: float = 1e-3  # learning rate of the projector (LoRA uses trainer.lr)
 
 
