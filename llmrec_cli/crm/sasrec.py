@@ -105,8 +105,8 @@ class SASRec(CRM):
         batches = [order[s : s + self.cfg.batch_size] for s in range(0, len(order), self.cfg.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    @torch.no_grad()
     def user_embeddings(self, users, histories) -> torch.Tensor:
+        """[n, hidden] last-position states (differentiable: a jointly tuned CRM learns through them)."""
         width = max(1, min(self.cfg.max_len, max((len(h) for h in histories), default=1)))
         seq = torch.as_tensor(left_pad(histories, width), device=self.device)
         return self.add_user_offset(self.encode(seq)[:, -1], users)

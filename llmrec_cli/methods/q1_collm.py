@@ -11,9 +11,7 @@ config key:
 - CRM: `crm=sasrec|bpr`, trained in-line before the LLM, or reused with `crm.from_run=<run id>`
   (`llmrec_cli.crm.reuse`; tags `crm_source`, `crm_from_run`). Frozen (eval mode, no gradients) unless
   `crm.trainable=true`: then its item/user vectors are computed inside the graph at every step and its
-  parameters join the optimizer at `trainer.lr` (it stays in eval mode, i.e. without dropout; SASRec's
-  `user_embeddings` runs without gradients, so only its item table and BPR's user table are tuned through
-  the prompt).
+  parameters join the optimizer at `trainer.lr` (it stays in eval mode, i.e. without dropout).
 - projector: `method.projector_hidden` (CRM dim -> hidden -> LLM hidden with GELU; 0: one linear layer),
   trained with LoRA in the same AdamW at `method.projector_lr` (LoRA: `trainer.lr`), saved in epoch
   checkpoints (`trainer`'s resume) and with the best epoch's weights (early stopping).

@@ -156,11 +156,15 @@ def test_fit_moves_lora_and_projector_but_not_the_frozen_crm(tmp_path):
 
 
 def test_crm_trainable_tunes_the_crm_jointly(tmp_path):
-    method, data = make("listwise", tmp_path, ["method.max_epochs=1", "crm.trainable=true"])
-    before = method.crm.item_emb.weight.detach().clone()
+    method, data = make("listwise", tmp_path, ["method.max_epochs=1", "crm.trainable=true", "model.max_length=1024"])
+    before = {n: p.detach().clone() for n, p in method.crm.named_parameters()}
     method.fit(data)
     assert method.soft.cache is None  # vectors computed in the graph at every step
-    assert not torch.equal(before, method.crm.item_emb.weight.detach())
+    after = dict(method.crm.named_parameters())
+    assert not torch.equal(before["item_emb.weight"], after["item_emb.weight"].detach())
+    # the user soft token flows back into SASRec's transformer too, not only its item table
+    moved = [n for n in before if n.startswith("encoder.") and not torch.equal(before[n], after[n].detach())]
+    assert moved
 
 
 @pytest.mark.parametrize("head", ["pointwise", "listwise"])
