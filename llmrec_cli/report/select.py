@@ -3,8 +3,11 @@
 Works on the DataFrame of `mlflow.search_runs` (columns `run_id`, `status`, `tags.*`, `params.*`, `metrics.*`),
 so every function here is pure and testable on a hand-made frame.
 
-A group is (quadrant, method, model, crm, dataset); its label is the CRM name for baselines ("pop", "bpr",
-"sasrec") and "q3/zero_shot/smollm2" (plus the CRM where one is used at inference) for the quadrants.
+A group is (quadrant, method, model, crm, variant, dataset); its label is the CRM name for baselines ("pop",
+"bpr", "sasrec") and "q3/zero_shot/smollm2" (plus the CRM where one is used at inference) for the quadrants.
+The variant separates settings that make a different method out of the same one (read from the run's params):
+`method.scoring`, `method.mode`, `method.head`, `method.num_samples` (few-shot sizes) and
+`candidates.source=crm_topk`, e.g. "q3/zero_shot/smollm2 [scoring=likelihood]".
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 from llmrec_cli.errors import ConfigError
 
 GROUP_KEYS = ("quadrant", "method", "model", "crm", "dataset")
+#: Method settings that split a method into variants (separate rows); logged as params `method.<key>`.
+VARIANT_PARAMS = ("scoring", "mode", "head", "num_samples")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 QUADRANT_ORDER = {"baseline": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 BASELINE_ORDER = {"pop": 0, "bpr": 1, "sasrec": 2}
@@ -94,23 +99,40 @@ def filter_runs(df, sel: Selection):
     return df[keep].copy(), notes
 
 
-def group_label(quadrant: str, method: str, model: str, crm: str) -> str:
-    """A short readable name: "sasrec" for a baseline, "q3/zero_shot/smollm2", "q2/kar/smollm2/sasrec"."""
+def group_label(quadrant: str, method: str, model: str, crm: str, variant: str = "") -> str:
+    """A short readable name: "sasrec" for a baseline, "q3/zero_shot/smollm2", "q2/kar/smollm2/sasrec",
+    with the variant in brackets when there is one: "q3/zero_shot/smollm2 [scoring=likelihood]"."""
     if quadrant == "baseline":
-        return crm if method in ("baseline", "", None) else f"{method}/{crm}"
-    parts = [f"q{quadrant}", method]
-    parts += [p for p in (model, crm) if p and p != "none"]
-    return "/".join(str(p) for p in parts)
+        label = crm if method in ("baseline", "", None) else f"{method}/{crm}"
+    else:
+        parts = [f"q{quadrant}", method]
+        parts += [p for p in (model, crm) if p and p != "none"]
+        label = "/".join(str(p) for p in parts)
+    return f"{label} [{variant}]" if variant else label
+
+
+def run_variant(row) -> str:
+    """"scoring=likelihood,num_samples=256,candidates=crm_topk" from a run's params ('' for none)."""
+    parts = []
+    for key in VARIANT_PARAMS:
+        value = row.get(f"params.method.{key}")
+        if isinstance(value, str) and value not in ("", "None", "null"):
+            parts.append(f"{key}={value}")
+    source = row.get("params.candidates.source")
+    if isinstance(source, str) and source not in ("", "None", "sampled"):
+        parts.append(f"candidates={source}")
+    return ",".join(parts)
 
 
 def add_groups(df):
-    """Add the group columns (quadrant, method, model, crm, dataset) and `group` (the label)."""
+    """Add the group columns (quadrant, method, model, crm, dataset, variant) and `group` (the label)."""
     df = df.copy()
     for key in GROUP_KEYS:
         default = "none" if key in ("model", "crm") else "?"
         df[key] = column(df, f"tags.{key}").fillna(default).astype(str)
-    df["group"] = [group_label(q, m, mo, c) for q, m, mo, c in
-                   zip(df["quadrant"], df["method"], df["model"], df["crm"], strict=True)]
+    df["variant"] = [run_variant(row) for _, row in df.iterrows()] if len(df) else []
+    df["group"] = [group_label(q, m, mo, c, v) for q, m, mo, c, v in
+                   zip(df["quadrant"], df["method"], df["model"], df["crm"], df["variant"], strict=True)]
     return df
 
 

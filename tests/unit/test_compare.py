@@ -229,3 +229,17 @@ def test_plots_render(tmp_path):
     assert [p.name for p in paths] == ["quadrant_map.png", "pareto.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_method_variants_are_separate_groups():
+    from llmrec_cli.report.select import add_groups
+
+    base = {"tags.quadrant": "3", "tags.method": "zero_shot", "tags.model": "smollm2", "tags.crm": "none",
+            "tags.dataset": "ml-100k"}
+    df = pd.DataFrame([{**base, "params.method.scoring": "listwise", "params.method.num_samples": "None"},
+                       {**base, "params.method.scoring": "likelihood", "params.candidates.source": "crm_topk"},
+                       {**base, "tags.quadrant": "baseline", "tags.method": "baseline", "tags.crm": "sasrec",
+                        "tags.model": "none", "params.candidates.source": "sampled"}])
+    assert add_groups(df)["group"].tolist() == ["q3/zero_shot/smollm2 [scoring=listwise]",
+                                                "q3/zero_shot/smollm2 [scoring=likelihood,candidates=crm_topk]",
+                                                "sasrec"]
