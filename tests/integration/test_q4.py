@@ -16,6 +16,7 @@ from llmrec_cli.errors import ConfigError
 from llmrec_cli.llm.training import SENTINEL, STATE_FILE, Example, answer_loss, collate, encode
 from llmrec_cli.methods.base import RunContext
 from llmrec_cli.pipelines.train import run_train
+from tests.helpers import crash_then_constant
 
 QUICK = ["model=tiny-llama-lora", "dataset=synthetic", "eval.max_users=12", "trainer.device=cpu",
          "trainer.progress=false", "method.num_samples=24"]
@@ -81,16 +82,7 @@ def test_save_then_load_gives_identical_scores(tmp_path, name):
 
 
 def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(tmp_path):
-    calls = {"n": 0}
-
-    def crash_at_epoch_2(method):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        return {"valid/sampled/ndcg_10": 0.5}
-
-    def constant(method):
-        return {"valid/sampled/ndcg_10": 0.5}
+    crash_at_epoch_2, constant = crash_then_constant()
 
     two = ["method.max_epochs=2", "trainer.patience=5"]
     first, data = make("tallrec", tmp_path / "outputs" / "a", two, validate=crash_at_epoch_2)

@@ -16,6 +16,7 @@ from llmrec_cli.errors import ConfigError
 from llmrec_cli.llm.training import STATE_FILE
 from llmrec_cli.methods.base import RunContext
 from llmrec_cli.methods.q1_collm import CollmListwise, CollmPointwise
+from tests.helpers import crash_then_constant
 
 QUICK = ["method=collm", "model=tiny-llama-lora", "crm=sasrec", "dataset=synthetic", "eval.max_users=12",
          "trainer.device=cpu", "trainer.progress=false", "method.num_samples=24", "eval.monitor=valid/sampled/ndcg_10"]
@@ -188,16 +189,7 @@ def test_save_then_load_gives_identical_scores(tmp_path, head):
 
 
 def test_resume_restores_the_projector(tmp_path):
-    calls = {"n": 0}
-
-    def crash_at_epoch_2(method):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        return {"valid/sampled/ndcg_10": 0.5}
-
-    def constant(method):
-        return {"valid/sampled/ndcg_10": 0.5}
+    crash_at_epoch_2, constant = crash_then_constant()
 
     two = ["method.max_epochs=2", "trainer.max_epochs=2", "trainer.patience=5"]
     first, data = make("pointwise", tmp_path / "outputs" / "a", two, validate=crash_at_epoch_2)

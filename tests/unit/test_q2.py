@@ -14,7 +14,7 @@ from llmrec_cli.crm.reuse import build_crm
 from llmrec_cli.data.load import load_prepared
 from llmrec_cli.errors import ConfigError
 from llmrec_cli.llm.generation import GenerationCache, GenerationStats, generate
-from llmrec_cli.llm.tiny import tiny_llama
+from llmrec_cli.llm.tiny import sharpen, tiny_llama
 from llmrec_cli.methods.base import RunContext
 from llmrec_cli.methods.q2_llm_encoder import TextItemEncoder, prepare_text
 
@@ -175,19 +175,11 @@ def test_embeddings_are_cached_and_a_hit_does_not_load_the_llm(tmp_path, monkeyp
     assert cache == ["miss", "hit"]
 
 
-def _sharpen(model, seed: int = 1):
-    """Larger random weights: the tiny model's greedy continuations then vary from token to token."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.3))
-    return model
 
 
 def test_batched_generation_equals_one_by_one_greedy():
     model, tok = tiny_llama()
-    model = _sharpen(model)
+    model = sharpen(model)
     prompts = ["Introduce the movie \"Toy Story (1995), Animation\" and describe it.", "Yes",
                "A user has watched these movies, most recent last:\n- Fargo\n- Contact\n- Titanic\nAnalyze:",
                "Quantum Widget Gadget Nebula Harbor Crystal Garden Echo River", "Star Wars (1977)"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmrec_cli.llm.scoring import Scorer
-from llmrec_cli.llm.tiny import tiny_llama
+from llmrec_cli.llm.tiny import sharpen, tiny_llama
 
 PROMPTS = [
     "The user watched these movies in order, most recent last: Toy Story, Fargo. Will the user like "
@@ -25,21 +25,12 @@ CANDIDATES = [
 COUNTS = [3, 5, 2, 4]
 
 
-def _sharpen(model, seed: int = 1):
-    """Re-draw the weights with a larger scale so the random model's distributions are far from uniform
-    (an off-by-one position or a wrong mask then changes the scores visibly)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 if "embed" in name else 0.3))
-    return model
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = tiny_llama()
-    return _sharpen(model), tok
+    return sharpen(model), tok
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +123,7 @@ def test_likelihood_batched_equals_unbatched_and_naive(scorer, tiny):
 
 def test_eager_attention_gives_the_same_scores(scorer, tiny):
     model, tok = tiny
-    eager = _sharpen(tiny_llama()[0])
+    eager = sharpen(tiny_llama()[0])
     eager.set_attn_implementation("eager")
     other = Scorer(eager, tok, "cpu", batch_size=3, candidate_batch_size=4, share_prefix=16)
     np.testing.assert_allclose(other.pointwise(PROMPTS + SHARED), scorer.pointwise(PROMPTS + SHARED), atol=1e-5)
