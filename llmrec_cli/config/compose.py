@@ -21,6 +21,8 @@ CHOICES = {
     "eval.negative_sampling": ("uniform", "popularity"),
     "candidates.source": ("sampled", "crm_topk"),
 }
+#: Method keys with a fixed set of values (checked when the method has the key).
+METHOD_CHOICES = {"mode": ("init", "feature"), "head": ("pointwise", "listwise"), "adapter": ("linear", "mlp")}
 _REGISTERED = False
 
 
@@ -183,8 +185,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.monitor={ev.monitor} must be a valid-split metric, e.g. valid/full/ndcg_10")
     if cfg.dataset.kcore < 0 or cfg.dataset.min_user_interactions < 3:
         raise ConfigError("dataset.kcore must be >= 0 and dataset.min_user_interactions >= 3 (train/valid/test)")
-    if cfg.method.get("scoring") == "listwise" and ev.num_negatives + 1 > 26:
-        raise ConfigError(f"method.scoring=listwise labels at most 26 candidates (letters A-Z), but "
+    for key, allowed in METHOD_CHOICES.items():
+        value = cfg.method.get(key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"method.{key}={value} is not one of {', '.join(allowed)}")
+    # Listwise prompts label candidates with the letters A-Z: at most 26 per prompt.
+    listwise = next((f"method.{k}=listwise" for k in ("scoring", "head") if cfg.method.get(k) == "listwise"),
+                    "method=listwise_lora" if cfg.method.name == "listwise_lora" else None)
+    if listwise and ev.num_negatives + 1 > 26:
+        raise ConfigError(f"{listwise} labels at most 26 candidates (letters A-Z), but "
                           f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25 or another scoring")
     if cfg.candidates.source == "crm_topk":
         if str(cfg.quadrant.id) not in ("3", "4"):
@@ -192,18 +201,9 @@ def validate(cfg: DictConfig) -> None:
                               f"is quadrant {cfg.quadrant.id}: drop candidates= or pick a quadrant-3/4 method")
         if cfg.candidates.k < 1:
             raise ConfigError(f"candidates.k={cfg.candidates.k} must be >= 1")
-        if cfg.method.get("scoring") == "listwise" or cfg.method.name == "listwise_lora":
-            if cfg.candidates.k > 26:
-                raise ConfigError(f"candidates.k={cfg.candidates.k}: listwise prompts label at most 26 candidates "
-                                  f"(letters A-Z); use candidates.k<=26")
-    if cfg.method.get("head") == "listwise" and ev.num_negatives + 1 > 26:
-        raise ConfigError(f"method.head=listwise labels at most 26 candidates (letters A-Z), but "
-                          f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25")
-    for key in ("mode", "head", "adapter"):
-        allowed = {"mode": ("init", "feature"), "head": ("pointwise", "listwise"), "adapter": ("linear", "mlp")}[key]
-        value = cfg.method.get(key)
-        if value is not None and value not in allowed:
-            raise ConfigError(f"method.{key}={value} is not one of {', '.join(allowed)}")
+        if listwise and cfg.candidates.k > 26:
+            raise ConfigError(f"candidates.k={cfg.candidates.k}: listwise prompts label at most 26 candidates "
+                              f"(letters A-Z); use candidates.k<=26")
     if cfg.method.get("needs_crm", False) and cfg.crm.name == "pop" and cfg.method.name != "baseline":
         raise ConfigError(f"method={cfg.method.name} needs a CRM with embeddings: use crm=sasrec or crm=bpr")
     problem = model_problem(cfg.method, cfg.model)

@@ -4,18 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from llmrec_cli import registry
 from llmrec_cli.crm.base import CRM, fit_crm
+from llmrec_cli.crm.reuse import build_crm, load_crm_file, save_crm
 from llmrec_cli.methods.base import Method
 from llmrec_cli.methods.configs import BaselineConfig
 from llmrec_cli.registry import register_method
-
-
-def build_crm(crm_cfg, n_users: int, n_items: int, device: str) -> CRM:
-    entry = registry.CRMS[crm_cfg.name]
-    return entry.obj(crm_cfg, n_users, n_items).to(device)
 
 
 class CRMMethod(Method):
@@ -36,18 +30,11 @@ class CRMMethod(Method):
         return self.crm.score(users, self._histories(split, users), None).float().cpu().numpy()
 
     def save(self, path: Path) -> list[Path]:
-        path.mkdir(parents=True, exist_ok=True)
-        file = path / "crm.pt"
-        torch.save({"name": self.crm.cfg.name, "state_dict": self.crm.state_dict()}, file)
-        return [file]
+        return [save_crm(self.crm, Path(path))]
 
     def load(self, path: Path, data) -> None:
         self.data = data
-        self.crm = build_crm(self.ctx.cfg.crm, data.n_users, data.n_items, self.ctx.device)
-        self.crm.setup(data)
-        state = torch.load(path / "crm.pt", map_location=self.ctx.device)
-        self.crm.load_state_dict(state["state_dict"])
-        self.crm.eval()
+        self.crm = load_crm_file(Path(path), self.ctx.cfg.crm, data, self.ctx.device)
 
 
 @register_method("baseline", quadrant="baseline", schema=BaselineConfig)
