@@ -1,9 +1,20 @@
-"""Shared preparation: rating filter, iterative k-core, chronological leave-one-out, item text.
+"""Shared preparation: rating filter, iterative k-core, the split, item text.
 
 For each user the interactions are ordered by timestamp; ties (frequent: 415 of 943 ML-100K users have several
 interactions at their last timestamp) are broken by the original file order, so the split is deterministic.
-The last interaction is the test target, the second last the valid target, the rest is training data.
 Users with fewer than `min_user_interactions` (>= 3) interactions after filtering are dropped.
+
+Splits (`dataset.split`), both one target per user and split, stored as positions in the user's sequence:
+- `loo` (default): chronological leave-one-out. The last interaction is the test target, the second last the
+  valid target, the rest is training data. Every user is evaluated on both splits.
+- `temporal`: a global temporal split at the `dataset.split_time` quantiles (q_valid, q_test) of all
+  interaction times: training data is every interaction before t_valid, so no training interaction happens
+  after a test interaction. A user's valid target is their first interaction in [t_valid, t_test), the test
+  target their first at or after t_test (the next-item task at the split boundary, as in Ji et al. 2023, "A
+  critical study on data leakage in recommender system offline evaluation"); users without one are not
+  evaluated on that split, nor are users without training interactions (cold start). The test history is
+  every interaction before the test target (it may include valid-window items the model never trained on).
+  Needs real timestamps: datasets whose "time" is a position in the user's sequence refuse it.
 
 Prepared data is cached as parquet under $LLMREC_CACHE_DIR/prepared/<key>/, written atomically, where the key
 hashes the dataset config (minus download details), the data location and the preparation version.
@@ -21,21 +32,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmrec_cli.data.catalogue import Catalogue
 from llmrec_cli.data.raw import RawData
 from llmrec_cli.errors import DataError
 from llmrec_cli.utils.io import atomic_write_json, cache_dir, sha256_text
 
 log = logging.getLogger(__name__)
-PREP_VERSION = "1"
+PREP_VERSION = "2"
 SPLITS = ("valid", "test")
+SPLIT_METHODS = ("loo", "temporal")
 
 
 @dataclass
-class PreparedData:
+class PreparedData(Catalogue):
     """Users 0..n_users-1 and items 1..n_items (0 is padding), one chronological sequence per user.
 
-    `seq_items[offsets[u]:offsets[u+1]]` is user u's sequence; its last item is the test target and the one
-    before it the valid target. `history(u, split)` is what a method may see when scoring `split`.
+    `seq_items[offsets[u]:offsets[u+1]]` is user u's sequence. Its first `train_end[u]` items are training
+    data; `valid_pos[u]` / `test_pos[u]` are the positions of the valid / test target in it (-1: the user has
+    none). `history(u, split)` is what a method may see when scoring `split`: everything before the target.
+
+    This object holds the held-out targets: only the evaluator and the plan builder use it. Methods get
+    `train_view()` to fit on and the histories the evaluator hands to `score`.
     """
 
     name: str
@@ -47,50 +64,125 @@ class PreparedData:
     seq_items: np.ndarray  # int64, all users' sequences concatenated
     seq_ratings: np.ndarray  # float64 (NaN where the data has no rating)
     offsets: np.ndarray  # int64 [n_users + 1]
+    train_end: np.ndarray  # int64 [n_users]: training items per user (a prefix of the sequence)
+    valid_pos: np.ndarray  # int64 [n_users]: position of the valid target, -1 when none
+    test_pos: np.ndarray  # int64 [n_users]: position of the test target, -1 when none
+    seq_times: np.ndarray | None = None  # int64 timestamps (positions for data without time)
+    split: str = "loo"
     stats: dict = field(default_factory=dict)
 
     @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids) - 1
+    def has_ratings(self) -> bool:
+        return bool(np.isfinite(self.seq_ratings).any())
 
     def sequence(self, u: int) -> np.ndarray:
         return self.seq_items[self.offsets[u] : self.offsets[u + 1]]
 
     def train_sequence(self, u: int) -> np.ndarray:
-        return self.seq_items[self.offsets[u] : self.offsets[u + 1] - 2]
+        return self.seq_items[self.offsets[u] : self.offsets[u] + self.train_end[u]]
+
+    def positions(self, split: str) -> np.ndarray:
+        """Per user, the position of SPLIT's target in the user's sequence (-1: none)."""
+        if split == "valid":
+            return self.valid_pos
+        if split == "test":
+            return self.test_pos
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """Users evaluated on SPLIT: they have its target, a history before it and training interactions."""
+        pos = self.positions(split)
+        return np.flatnonzero((pos >= 1) & (self.train_end >= 1))
 
     def history(self, u: int, split: str) -> np.ndarray:
-        """Items a method may use to score `split`: train for valid; train + valid target for test."""
-        end = self.offsets[u + 1] - (2 if split == "valid" else 1)
-        return self.seq_items[self.offsets[u] : end]
+        """Items a method may use to score `split`: every interaction before the split's target."""
+        pos = int(self.positions(split)[u])
+        if pos < 0:
+            raise ValueError(f"user {u} has no {split} target")
+        return self.seq_items[self.offsets[u] : self.offsets[u] + pos]
 
     def target(self, u: int, split: str) -> int:
-        return int(self.seq_items[self.offsets[u + 1] - (2 if split == "valid" else 1)])
+        pos = int(self.positions(split)[u])
+        if pos < 0:
+            raise ValueError(f"user {u} has no {split} target")
+        return int(self.seq_items[self.offsets[u] + pos])
 
     def targets(self, split: str) -> np.ndarray:
-        return self.seq_items[self.offsets[1:] - (2 if split == "valid" else 1)]
+        """Per user, SPLIT's target item (0 where the user has none)."""
+        pos = self.positions(split)
+        idx = self.offsets[:-1] + np.maximum(pos, 0)
+        return np.where(pos >= 0, self.seq_items[np.minimum(idx, len(self.seq_items) - 1)], 0)
 
     def target_ratings(self, split: str) -> np.ndarray:
-        return self.seq_ratings[self.offsets[1:] - (2 if split == "valid" else 1)]
+        """Per user, the rating of SPLIT's target (NaN where the user has none or the data has no ratings)."""
+        pos = self.positions(split)
+        idx = self.offsets[:-1] + np.maximum(pos, 0)
+        return np.where(pos >= 0, self.seq_ratings[np.minimum(idx, len(self.seq_items) - 1)], np.nan)
+
+    def _train_mask(self) -> np.ndarray:
+        lengths = np.diff(self.offsets)
+        pos = np.arange(len(self.seq_items)) - np.repeat(self.offsets[:-1], lengths)
+        return pos < np.repeat(self.train_end, lengths)
 
     def train_counts(self) -> np.ndarray:
         """Training-interaction count per item index (length n_items + 1)."""
-        mask = np.ones(len(self.seq_items), dtype=bool)
-        mask[self.offsets[1:] - 1] = False
-        mask[self.offsets[1:] - 2] = False
-        return np.bincount(self.seq_items[mask], minlength=self.n_items + 1)
+        return np.bincount(self.seq_items[self._train_mask()], minlength=self.n_items + 1)
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(user, item) arrays of all training interactions."""
-        lengths = np.diff(self.offsets)
-        users = np.repeat(np.arange(self.n_users), lengths)
-        pos = np.arange(len(self.seq_items)) - np.repeat(self.offsets[:-1], lengths)
-        keep = pos < np.repeat(lengths - 2, lengths)
+        users = np.repeat(np.arange(self.n_users), np.diff(self.offsets))
+        keep = self._train_mask()
         return users[keep], self.seq_items[keep]
+
+    def train_view(self):
+        """The training-only view methods fit on (`llmrec_cli.data.views.TrainView`)."""
+        from llmrec_cli.data.views import TrainView
+
+        return TrainView.of(self)
+
+
+def split_positions(offsets: np.ndarray, times: np.ndarray, method: str, split_time=(0.8, 0.9)):
+    """(train_end, valid_pos, test_pos, info) per user for split METHOD (see the module docstring)."""
+    lengths = np.diff(offsets)
+    if method == "loo":
+        return lengths - 2, lengths - 2, lengths - 1, {"split": "loo"}
+    q_valid, q_test = (float(q) for q in split_time)
+    t_valid, t_test = (int(t) for t in np.quantile(times, [q_valid, q_test], method="lower"))
+    n = len(lengths)
+    train_end, valid_pos, test_pos = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    for u in range(n):
+        t = times[offsets[u] : offsets[u + 1]]  # sorted: sequences are chronological
+        a, b = int(np.searchsorted(t, t_valid, "left")), int(np.searchsorted(t, t_test, "left"))
+        train_end[u] = a
+        valid_pos[u] = a if a < b else -1
+        test_pos[u] = b if b < len(t) else -1
+    info = {"split": "temporal", "split_time": [q_valid, q_test], "t_valid": t_valid, "t_test": t_test}
+    return train_end, valid_pos, test_pos, info
+
+
+def split_stats(train_end, valid_pos, test_pos) -> dict:
+    """Counts per split: training interactions and evaluated users (as `PreparedData.eval_users`)."""
+    warm = train_end >= 1
+    return {"train_interactions": int(train_end.sum()), "users_with_training": int(warm.sum()),
+            "valid_users": int(((valid_pos >= 1) & warm).sum()), "test_users": int(((test_pos >= 1) & warm).sum())}
+
+
+def check_split(dataset_cfg: dict, has_time: bool) -> tuple[str, tuple[float, float]]:
+    """`dataset.split` and `dataset.split_time`, validated (ConfigError naming the key and the fix)."""
+    from llmrec_cli.errors import ConfigError
+
+    name = dataset_cfg.get("name")
+    method = str(dataset_cfg.get("split") or "loo")
+    if method not in SPLIT_METHODS:
+        raise ConfigError(f"dataset.split={method} is not one of {', '.join(SPLIT_METHODS)}")
+    qs = tuple(float(q) for q in (dataset_cfg.get("split_time") or (0.8, 0.9)))
+    if len(qs) != 2 or not 0.0 < qs[0] < qs[1] < 1.0:
+        raise ConfigError(f"dataset.split_time={list(qs)} must be two quantiles 0 < valid < test < 1, "
+                          f"e.g. dataset.split_time=[0.8,0.9]")
+    if method == "temporal" and not has_time:
+        raise DataError(f"dataset.split=temporal needs timestamps, but dataset={name} has only the order of each "
+                        f"user's interactions: use dataset.split=loo")
+    return method, qs
 
 
 def dataset_key(dataset_cfg: dict) -> str:
@@ -124,6 +216,7 @@ def prepare(raw: RawData, dataset_cfg: dict) -> PreparedData:
         "order": np.arange(len(df), dtype=np.int64),
     })
     raw_stats = _counts(df)
+    split, split_time = check_split(dataset_cfg, raw.has_time)
     min_rating = dataset_cfg.get("min_rating")
     if min_rating is not None:
         if df["rating"].isna().all():
@@ -147,16 +240,21 @@ def prepare(raw: RawData, dataset_cfg: dict) -> PreparedData:
     items = _item_table(raw.items, item_ids)
     seq_items = df["i"].to_numpy(np.int64)
     seq_ratings = df["rating"].to_numpy(np.float64)
-    stats = {"raw": raw_stats, "prepared": _counts(df), "files": raw.files}
+    seq_times = df["timestamp"].to_numpy(np.int64)
+    train_end, valid_pos, test_pos, split_info = split_positions(offsets, seq_times, split, split_time)
+    stats = {"raw": raw_stats, "prepared": _counts(df), "files": raw.files, "has_time": bool(raw.has_time),
+             "split": {**split_info, **split_stats(train_end, valid_pos, test_pos)}}
     lengths = np.diff(offsets)
     stats["prepared"]["seq_len_quantiles"] = {
         q: float(np.quantile(lengths, float(q))) for q in ("0.0", "0.25", "0.5", "0.75", "0.9", "1.0")
     }
-    data_hash = sha256_text(json.dumps([seq_items.tolist(), list(map(str, user_ids)), list(map(str, item_ids))]))[:16]
+    data_hash = sha256_text(json.dumps([seq_items.tolist(), list(map(str, user_ids)), list(map(str, item_ids)),
+                                        split, train_end.tolist(), valid_pos.tolist(), test_pos.tolist()]))[:16]
     return PreparedData(
         name=name, key=dataset_key(dataset_cfg), data_hash=data_hash,
         user_ids=np.asarray(user_ids, dtype=object), item_ids=np.asarray(["<pad>", *item_ids], dtype=object),
-        items=items, seq_items=seq_items, seq_ratings=seq_ratings, offsets=offsets, stats=stats,
+        items=items, seq_items=seq_items, seq_ratings=seq_ratings, offsets=offsets, train_end=train_end,
+        valid_pos=valid_pos, test_pos=test_pos, seq_times=seq_times, split=split, stats=stats,
     )
 
 
@@ -224,15 +322,17 @@ def save(data: PreparedData) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{data.key}.", dir=final.parent))
     try:
         lengths = np.diff(data.offsets)
+        times = data.seq_times if data.seq_times is not None else np.zeros(len(data.seq_items), dtype=np.int64)
         pd.DataFrame({
             "user_idx": np.repeat(np.arange(data.n_users), lengths), "item_idx": data.seq_items,
-            "rating": data.seq_ratings,
+            "rating": data.seq_ratings, "timestamp": times,
         }).to_parquet(tmp / "sequences.parquet", index=False)
-        pd.DataFrame({"user_idx": np.arange(data.n_users), "user": data.user_ids.astype(str)}).to_parquet(
+        pd.DataFrame({"user_idx": np.arange(data.n_users), "user": data.user_ids.astype(str),
+                      "train_end": data.train_end, "valid_pos": data.valid_pos, "test_pos": data.test_pos}).to_parquet(
             tmp / "users.parquet", index=False)
         data.items.to_parquet(tmp / "items.parquet", index=False)
         atomic_write_json(tmp / "meta.json", {"name": data.name, "key": data.key, "data_hash": data.data_hash,
-                                              "stats": data.stats, "version": PREP_VERSION})
+                                              "split": data.split, "stats": data.stats, "version": PREP_VERSION})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -247,6 +347,8 @@ def load(key: str) -> PreparedData | None:
     if not (path / "meta.json").is_file():
         return None
     meta = json.loads((path / "meta.json").read_text())
+    if meta.get("version") != PREP_VERSION:
+        return None
     seqs = pd.read_parquet(path / "sequences.parquet")
     users = pd.read_parquet(path / "users.parquet")
     items = pd.read_parquet(path / "items.parquet")
@@ -258,5 +360,7 @@ def load(key: str) -> PreparedData | None:
         user_ids=users["user"].to_numpy(dtype=object),
         item_ids=np.asarray(["<pad>", *items["item"].astype(str)], dtype=object), items=items,
         seq_items=seqs["item_idx"].to_numpy(np.int64), seq_ratings=seqs["rating"].to_numpy(np.float64),
-        offsets=offsets, stats=meta["stats"],
+        offsets=offsets, train_end=users["train_end"].to_numpy(np.int64),
+        valid_pos=users["valid_pos"].to_numpy(np.int64), test_pos=users["test_pos"].to_numpy(np.int64),
+        seq_times=seqs["timestamp"].to_numpy(np.int64), split=meta["split"], stats=meta["stats"],
     )

@@ -22,11 +22,14 @@ class RawData:
     items: column `item` (str) plus `title` (str) and any of `year` (Int64), `genres`, `categories`, `brand`,
         `text` (str). Items without metadata may be absent; they get their id as title.
     files: {path: sha256} of every file read, logged as the dataset hash.
+    has_time: whether `timestamp` is a real time comparable across users (False: a position per user, which
+        orders a user's interactions but cannot drive a global temporal split).
     """
 
     interactions: pd.DataFrame
     items: pd.DataFrame
     files: dict[str, str] = field(default_factory=dict)
+    has_time: bool = True
 
     def __post_init__(self) -> None:
         missing = [c for c in INTERACTION_COLUMNS if c not in self.interactions.columns]

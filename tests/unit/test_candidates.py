@@ -1,4 +1,5 @@
-"""The shared evaluation plan: sampled candidates, pointwise labels, seeding, user subsets and the plan cache."""
+"""The shared evaluation plan: sampled candidates, pointwise and like labels, per-user seeding, user subsets
+(a subset's plan is the full plan's rows) and the plan cache."""
 from __future__ import annotations
 
 import dataclasses
@@ -203,15 +204,15 @@ def test_popularity_falls_back_to_uniform_over_unseen():
 def test_uniform_can_exhaust_the_catalogue(data):
     max_seen = max(len(np.unique(data.sequence(u))) for u in range(data.n_users))
     n = data.n_items - max_seen
-    plan = build_plan(data, settings(num_negatives=n - 1, pointwise_negatives=1))
-    check_candidates(data, plan, n - 1, 1)
+    plan = build_plan(data, settings(num_negatives=n, pointwise_negatives=n))
+    check_candidates(data, plan, n, n)
     u = int(np.argmax([len(np.unique(data.sequence(u))) for u in range(data.n_users)]))
-    row = plan["test"]
-    everything = set(row.sampled[u].tolist()) | set(row.pointwise_items[u].tolist()) | set(
-        data.sequence(u).tolist())
-    assert everything == set(range(1, data.n_items + 1))
+    for items in (plan["test"].sampled[u], plan["test"].pointwise_items[u]):  # each protocol on its own
+        assert set(items.tolist()) | set(data.sequence(u).tolist()) == set(range(1, data.n_items + 1))
     with pytest.raises(DataError, match="unseen items"):
-        build_plan(data, settings(num_negatives=n, pointwise_negatives=1))
+        build_plan(data, settings(num_negatives=n + 1, pointwise_negatives=1))
+    with pytest.raises(DataError, match="unseen items"):
+        build_plan(data, settings(num_negatives=1, pointwise_negatives=n + 1))
     with pytest.raises(DataError, match="unseen items"):
         build_plan(data, settings(num_negatives=n + 1, pointwise_negatives=0, negative_sampling="popularity"))
 
@@ -219,11 +220,14 @@ def test_uniform_can_exhaust_the_catalogue(data):
 def with_target_ratings(data, ratings_by_split):
     r = data.seq_ratings.copy()
     for split, values in ratings_by_split.items():
-        r[data.offsets[1:] - (2 if split == "valid" else 1)] = values
+        r[data.offsets[:-1] + data.positions(split)] = values
     return dataclasses.replace(data, seq_ratings=r)
 
 
-def test_pointwise_labels_follow_like_threshold(data):
+def test_pointwise_labels_the_target_1_and_like_labels_follow_the_threshold(data):
+    """Two protocols, two questions: pointwise (will the user interact?) labels every held-out target 1,
+    whatever its rating; like (will the user like what they consumed?) labels it by rating >= threshold and
+    leaves unrated targets out (-1)."""
     n = data.n_users
     test_r = np.tile([1.0, 3.0, 3.99, 4.0, 5.0, np.nan], n // 6 + 1)[:n]
     valid_r = np.tile([np.nan, 4.5, 2.0], n // 3 + 1)[:n]
@@ -233,14 +237,40 @@ def test_pointwise_labels_follow_like_threshold(data):
         labels = plan[split].pointwise_labels
         assert labels.shape == (n, 4)
         assert set(np.unique(labels).tolist()) <= {0, 1}
-        np.testing.assert_array_equal(target_labels(plan[split]), (np.isnan(r) | (r >= 4.0)).astype(int))
+        assert (target_labels(plan[split]) == 1).all()
         assert (negative_labels(plan[split]) == 0).all()
-    assert target_labels(plan["test"])[:6].tolist() == [0, 0, 0, 1, 1, 1]
+        np.testing.assert_array_equal(plan[split].like_labels, np.where(np.isnan(r), -1, r >= 4.0).astype(int))
+    assert plan["test"].like_labels[:6].tolist() == [0, 0, 0, 1, 1, -1]
     high = build_plan(d, settings(pointwise_negatives=3, like_threshold=5.0))
-    assert target_labels(high["test"])[:6].tolist() == [0, 0, 0, 0, 1, 1]
-    everyone = build_plan(d, settings(pointwise_negatives=3, like_threshold=None))
-    assert (target_labels(everyone["test"]) == 1).all()
-    assert (negative_labels(everyone["valid"]) == 0).all()
+    assert high["test"].like_labels[:6].tolist() == [0, 0, 0, 0, 1, -1]
+    assert_same_plan_rows = np.testing.assert_array_equal
+    assert_same_plan_rows(high["test"].pointwise_items, plan["test"].pointwise_items)  # labels change, not items
+    nobody = build_plan(d, settings(pointwise_negatives=3, like_threshold=None))
+    assert (nobody["test"].like_labels == -1).all() and (target_labels(nobody["test"]) == 1).all()
+
+
+def test_a_subset_plan_is_the_full_plans_rows(data):
+    """Candidates are a function of (seed, dataset, user, split): a max_users subset scores each user on exactly
+    the candidates (and order) of the all-user plan, so subset numbers are a subset of the full run's."""
+    full = build_plan(data, settings())
+    for m in (7, 30):
+        sub = build_plan(data, settings(max_users=m))
+        for split in SPLITS:
+            rows = np.searchsorted(full[split].users, sub[split].users)
+            np.testing.assert_array_equal(full[split].users[rows], sub[split].users)
+            for f in ("targets", "sampled", "sampled_target_pos", "pointwise_items", "pointwise_labels",
+                      "like_labels"):
+                np.testing.assert_array_equal(getattr(full[split], f)[rows], getattr(sub[split], f), err_msg=f)
+
+
+def test_each_protocol_has_its_own_stream(data):
+    """Changing the sampled negatives leaves the pointwise candidates alone, and vice versa."""
+    a = build_plan(data, settings(num_negatives=19, pointwise_negatives=2))
+    b = build_plan(data, settings(num_negatives=9, pointwise_negatives=2))
+    c = build_plan(data, settings(num_negatives=19, pointwise_negatives=5))
+    np.testing.assert_array_equal(a["test"].pointwise_items, b["test"].pointwise_items)
+    np.testing.assert_array_equal(a["test"].sampled, c["test"].sampled)
+    assert C.PLAN_VERSION == "3"  # plans of the shared-stream era (version 2) are never reused
 
 
 def eval_cfg(**kw):
@@ -281,6 +311,6 @@ def test_get_plan_cache_distinguishes_ratings(data):
     hi = with_target_ratings(data, {"test": 5.0, "valid": 5.0})
     assert lo.data_hash == hi.data_hash
     a, b = get_plan(lo, cfg, 0), get_plan(hi, cfg, 0)
-    assert (target_labels(a["test"]) == 0).all()
-    assert (target_labels(b["test"]) == 1).all()
+    assert (a["test"].like_labels == 0).all()
+    assert (b["test"].like_labels == 1).all()
     assert a.hash != b.hash

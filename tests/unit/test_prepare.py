@@ -295,3 +295,93 @@ def test_dataset_key():
     assert prep.dataset_key(base) == prep.dataset_key(dict(base, url="http://x", sha256="y"))
     assert prep.dataset_key(base) != prep.dataset_key(dict(base, kcore=4))
     assert prep.dataset_key(base) != prep.dataset_key(dict(base, min_rating=4.0))
+
+
+# ---- global temporal split ---------------------------------------------------------------------------------
+
+def timed_raw(seed: int = 0, n_users: int = 60, n_items: int = 40) -> RawData:
+    """Users active over different, overlapping periods (distinct timestamps, so the cuts are unambiguous)."""
+    rng = np.random.default_rng(seed)
+    rows, t = [], 0
+    for u in range(n_users):
+        start = int(rng.integers(0, 10_000))
+        n = int(rng.integers(3, 15))
+        for k, i in enumerate(rng.choice(np.arange(1, n_items + 1), n, replace=False)):
+            rows.append((f"u{u}", f"i{i}", start + 100 * k + u, 4.0))
+        t += n
+    return make_raw(rows)
+
+
+def test_temporal_split_no_training_interaction_after_a_test_interaction():
+    d = prepare(timed_raw(), cfg(split="temporal", split_time=[0.7, 0.85]))
+    assert d.split == "temporal"
+    info = d.stats["split"]
+    t_valid, t_test = info["t_valid"], info["t_test"]
+    train_times, test_times, valid_times = [], [], []
+    for u in range(d.n_users):
+        t = d.seq_times[d.offsets[u] : d.offsets[u + 1]]
+        train = t[: d.train_end[u]]
+        assert (train < t_valid).all() and (t[d.train_end[u]:] >= t_valid).all()  # a time prefix
+        train_times += train.tolist()
+        if d.valid_pos[u] >= 0:
+            tv = t[d.valid_pos[u]]
+            assert t_valid <= tv < t_test and d.valid_pos[u] == d.train_end[u]  # the first item after the cut
+            valid_times.append(tv)
+        if d.test_pos[u] >= 0:
+            p = d.test_pos[u]
+            assert t[p] >= t_test and (p == 0 or t[p - 1] < t_test)  # the first item at/after the test cut
+            test_times.append(t[p])
+            np.testing.assert_array_equal(d.history(u, "test"), d.sequence(u)[:p])
+    assert max(train_times) < min(valid_times) <= max(valid_times) < min(test_times)
+    # evaluated users have a target, a history and training interactions; cold-start users are left out
+    for split in ("valid", "test"):
+        users = d.eval_users(split)
+        assert len(users) and (d.train_end[users] >= 1).all() and (d.positions(split)[users] >= 1).all()
+    assert len(d.eval_users("test")) < d.n_users
+    assert info["test_users"] == len(d.eval_users("test"))
+    # a plan on the temporal split evaluates exactly those users
+    from llmrec_cli.data.candidates import build_plan
+
+    plan = build_plan(d, {"seed": 0, "num_negatives": 5, "negative_sampling": "uniform", "pointwise_negatives": 1,
+                          "like_threshold": 4.0, "max_users": None})
+    np.testing.assert_array_equal(plan["test"].users, d.eval_users("test"))
+    np.testing.assert_array_equal(plan["test"].targets, d.targets("test")[d.eval_users("test")])
+
+
+def test_split_is_part_of_the_dataset_hash_and_key():
+    raw = timed_raw(1)
+    loo = prepare(raw, cfg())
+    temporal = prepare(raw, cfg(split="temporal"))
+    later = prepare(raw, cfg(split="temporal", split_time=[0.6, 0.8]))
+    assert len({loo.data_hash, temporal.data_hash, later.data_hash}) == 3
+    assert len({prep.dataset_key(cfg()), prep.dataset_key(cfg(split="temporal")),
+                prep.dataset_key(cfg(split="temporal", split_time=[0.6, 0.8]))}) == 3
+    np.testing.assert_array_equal(loo.seq_items, temporal.seq_items)  # same data, another split
+    lengths = np.diff(loo.offsets)  # leave-one-out: last = test, second last = valid, the rest trains
+    np.testing.assert_array_equal(loo.test_pos, lengths - 1)
+    np.testing.assert_array_equal(loo.valid_pos, lengths - 2)
+    np.testing.assert_array_equal(loo.train_end, lengths - 2)
+
+
+def test_temporal_split_needs_timestamps_and_sane_quantiles():
+    from llmrec_cli.errors import ConfigError
+
+    positions = timed_raw(2)
+    positions.has_time = False  # e.g. ml-1m pairs, user_sequence.txt: times are positions per user
+    with pytest.raises(DataError, match="dataset.split=temporal needs timestamps"):
+        prepare(positions, cfg(split="temporal"))
+    prepare(positions, cfg())  # leave-one-out only needs the order
+    for bad in ([0.9, 0.8], [0.0, 0.5], [0.5, 1.0], [0.5]):
+        with pytest.raises(ConfigError, match="dataset.split_time"):
+            prepare(timed_raw(2), cfg(split="temporal", split_time=bad))
+    with pytest.raises(ConfigError, match="dataset.split=weekly"):
+        prepare(timed_raw(2), cfg(split="weekly"))
+
+
+def test_temporal_split_survives_the_cache(tmp_path):
+    d = prepare(timed_raw(3), cfg(split="temporal"))
+    prep.save(d)
+    back = prep.load(d.key)
+    for f in ("train_end", "valid_pos", "test_pos", "seq_times", "seq_items"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(d, f), err_msg=f)
+    assert back.split == "temporal" and back.data_hash == d.data_hash

@@ -179,6 +179,7 @@ def load_atomic(cfg) -> RawData:
         inter = _sequences(frame, ufield, ifield)
     else:
         inter = _interactions(frame, ufield, ifield)
+    has_time = f"{ifield}_list" not in frame and "timestamp" in frame
     read = list(files)
     items = _items(folder, stem, ifield, set(inter["item"]), read)
-    return RawData(inter.astype({"user": str, "item": str}), items, hash_files(read))
+    return RawData(inter.astype({"user": str, "item": str}), items, hash_files(read), has_time=has_time)

@@ -12,7 +12,7 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import MISSING
@@ -38,6 +38,8 @@ class DatasetConfig:
     min_rating: float | None = None  # ratings below are dropped; None keeps all
     kcore: int = 5  # iterative k-core on users and items
     min_user_interactions: int = 3  # users with fewer interactions after k-core are dropped
+    split: str = "loo"  # loo (chronological leave-one-out) | temporal (global time quantiles, see split_time)
+    split_time: list[float] = field(default_factory=lambda: [0.8, 0.9])  # temporal: valid / test start quantiles
     item_noun: str = "item"  # how prompts name an item ("movie", "product"); not part of the data
 
 

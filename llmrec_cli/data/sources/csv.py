@@ -96,7 +96,7 @@ def load_csv(cfg) -> RawData:
     known = set(items["item"])
     missing = pd.unique(inter["item"][~inter["item"].isin(known)])
     items = pd.concat([items, pd.DataFrame({"item": missing, "title": missing})], ignore_index=True)
-    return RawData(inter, items.astype({"item": str, "title": str}), hash_files(read))
+    return RawData(inter, items.astype({"item": str, "title": str}), hash_files(read), has_time=bool(cfg.time_col))
 
 
 def _items(cfg, inter_path: Path, read: list[Path]) -> pd.DataFrame:

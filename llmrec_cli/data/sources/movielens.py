@@ -94,7 +94,8 @@ def load_ml_1m(cfg) -> RawData:
     """
     folder = locate(cfg, "ml-1m", ["movies.dat", ("ratings.dat", *_ML1M_FALLBACKS)], ML_1M_URL, ML_1M_SHA256)
     ratings = folder / "ratings.dat"
-    if ratings.is_file():
+    has_time = ratings.is_file()
+    if has_time:
         # Splitting on ":" leaves empty fields between the "::" pairs; the C parser is fast on 1M rows.
         data = pd.read_csv(ratings, sep=":", header=None, usecols=[0, 2, 4, 6], dtype=str)
         data.columns = ["user", "item", "rating", "timestamp"]
@@ -110,7 +111,8 @@ def load_ml_1m(cfg) -> RawData:
     meta = pd.DataFrame(rows, columns=["item", "raw_title", "genres"])
     title, year = split_title(meta["raw_title"])
     items = pd.DataFrame({"item": meta["item"].str.strip(), "title": title, "year": year, "genres": meta["genres"]})
-    return RawData(inter, items.astype({"item": str, "title": str, "genres": str}), hash_files([ratings, movies]))
+    return RawData(inter, items.astype({"item": str, "title": str, "genres": str}), hash_files([ratings, movies]),
+                   has_time=has_time)
 
 
 def _implicit_pairs(path: Path) -> pd.DataFrame:
