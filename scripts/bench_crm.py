@@ -45,7 +45,7 @@ def main() -> int:
     for name in args.datasets:
         try:
             cfg = compose_run([f"dataset={name}", "crm=sasrec"])
-            data = load_prepared(cfg.dataset)
+            data = load_prepared(cfg.dataset).train_view()
         except LlmrecError as exc:
             print(f"{name:<10} skipped: {exc}")
             continue

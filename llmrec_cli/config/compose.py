@@ -19,6 +19,7 @@ GROUPS = ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval",
 CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "eval.negative_sampling": ("uniform", "popularity"),
+    "dataset.split": ("loo", "temporal"),
     "candidates.source": ("sampled", "crm_topk"),
 }
 #: Method keys with a fixed set of values (checked when the method has the key).
@@ -172,8 +173,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}")
     ev = cfg.eval
     for proto in ev.protocols:
-        if proto not in ("sampled", "full", "pointwise"):
-            raise ConfigError(f"eval.protocols has {proto!r}; allowed: sampled, full, pointwise")
+        if proto not in ("sampled", "full", "pointwise", "like"):
+            raise ConfigError(f"eval.protocols has {proto!r}; allowed: sampled, full, pointwise, like")
     for split in ev.splits:
         if split not in ("valid", "test"):
             raise ConfigError(f"eval.splits has {split!r}; allowed: valid, test")
@@ -181,7 +182,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.num_negatives and eval.ks must be >= 1 (eval.pointwise_negatives >= 0)")
     if ev.max_users is not None and ev.max_users < 1:
         raise ConfigError(f"eval.max_users={ev.max_users} must be >= 1 or null (all users)")
-    if not re.fullmatch(r"valid/(sampled|full|pointwise)/\w+", ev.monitor):
+    if ev.permutations < 1:
+        raise ConfigError(f"eval.permutations={ev.permutations} must be >= 1 (candidate orders per listwise prompt)")
+    qs = list(cfg.dataset.get("split_time") or [0.8, 0.9])
+    if len(qs) != 2 or not 0.0 < float(qs[0]) < float(qs[1]) < 1.0:
+        raise ConfigError(f"dataset.split_time={qs} must be two quantiles 0 < valid < test < 1, "
+                          f"e.g. dataset.split_time=[0.8,0.9]")
+    if not re.fullmatch(r"valid/(sampled|full|pointwise|like)/\w+", ev.monitor):
         raise ConfigError(f"eval.monitor={ev.monitor} must be a valid-split metric, e.g. valid/full/ndcg_10")
     if cfg.dataset.kcore < 0 or cfg.dataset.min_user_interactions < 3:
         raise ConfigError("dataset.kcore must be >= 0 and dataset.min_user_interactions >= 3 (train/valid/test)")

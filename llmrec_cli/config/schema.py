@@ -100,14 +100,15 @@ class ModelConfig:
 class EvalConfig:
     """The one evaluation protocol shared by every method (see README, "Evaluation protocol")."""
 
-    protocols: list[str] = field(default_factory=lambda: ["sampled", "full", "pointwise"])
+    protocols: list[str] = field(default_factory=lambda: ["sampled", "full", "pointwise", "like"])
     splits: list[str] = field(default_factory=lambda: ["valid", "test"])
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     num_negatives: int = 19  # sampled protocol: target + N negatives not in the user's history
     negative_sampling: str = "uniform"  # uniform | popularity
-    pointwise_negatives: int = 1  # pointwise protocol: unseen items added per user with label 0
-    like_threshold: float | None = 4.0  # target labelled 1 when its rating >= this (or has no rating)
+    pointwise_negatives: int = 1  # pointwise protocol: the target (label 1) + N unseen items (label 0)
+    like_threshold: float | None = 4.0  # like protocol: the target is liked when its rating >= this
     max_users: int | None = None  # seeded subset of evaluation users, the same for every method
+    permutations: int = 1  # listwise scorers: candidate orders scored and averaged per user (position bias)
     save_full_topk: int = 100  # predictions.parquet keeps the top K per user (+ the target) for `full`
     batch_size: int = 512
     monitor: str = "valid/full/ndcg_10"  # early-stopping / model-selection metric (valid split only)

@@ -2,7 +2,7 @@
 
 A CRM scores items for (user, history) pairs and exposes its item/user embeddings and top-K retrieval, so later
 quadrants can reuse it as a component (`candidates=crm_topk`, CRM embeddings in prompts, text-initialised
-item tables). Training sees only the training part of each sequence (`PreparedData.train_sequence`).
+item tables). Training sees only the training-only view (`llmrec_cli.data.views.TrainView`).
 
 Hooks for quadrant 2 (both None for baselines, which then run exactly as without them):
 - `set_item_encoder(module)`: `module(id_table) -> [n_items + 1, d]` replaces the item table (`item_emb.weight`)
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmrec_cli.data.prepare import PreparedData
+from llmrec_cli.data.views import TrainView
 from llmrec_cli.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,10 @@ class CRM(nn.Module):
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def setup(self, data: PreparedData) -> None:
+    def setup(self, data: TrainView) -> None:
         """Read what the model needs from training data (called before training and after loading)."""
 
-    def train_epoch(self, data: PreparedData, optimizer, rng: np.random.Generator, progress: bool) -> float:
+    def train_epoch(self, data: TrainView, optimizer, rng: np.random.Generator, progress: bool) -> float:
         raise NotImplementedError
 
     def score(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray | None) -> torch.Tensor:
@@ -101,7 +101,7 @@ def gather_or_all(scores_all: torch.Tensor, items: np.ndarray | None) -> torch.T
     return scores_all.gather(1, torch.as_tensor(items, dtype=torch.long, device=scores_all.device))
 
 
-def fit_crm(crm: CRM, data: PreparedData, ctx, validate, monitor: str) -> dict[str, float]:
+def fit_crm(crm: CRM, data: TrainView, ctx, validate, monitor: str) -> dict[str, float]:
     """Train with early stopping on the valid metric `monitor`; restore the best epoch's weights.
 
     `validate()` returns valid-split metrics for the current weights; `ctx.log_metrics` gets per-epoch

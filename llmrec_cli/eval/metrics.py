@@ -54,6 +54,23 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def row_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-row ROC AUC [n] (average ranks for ties, NaN scores lowest); NaN for rows with only one class.
+
+    The mean over rows is the group AUC (GAUC) of per-user evaluation."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    scores = _clean(scores)
+    if labels.size == 0:
+        return np.zeros(len(labels), dtype=np.float64)
+    ranks = rankdata(scores, axis=1, method="average")
+    n_pos, n_neg = labels.sum(axis=1), (~labels).sum(axis=1)
+    u = (ranks * labels).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
 def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy; probabilities clipped to [eps, 1 - eps], NaN counts as 0 (the lowest score)."""
     labels = np.asarray(labels, dtype=np.float64).ravel()

@@ -1,7 +1,10 @@
 """The method interface: fit on training data, score candidates. Methods never see targets or labels.
 
-The evaluator asks a fitted method for scores of (user, candidate) pairs on a split; the method builds the
-user's context from `data.history(u, split)` (train items for valid; train + valid target for test).
+`fit(train)` gets a `TrainView` (llmrec_cli/data/views.py): the catalogue and each user's training
+interactions, nothing held out; asking it for a valid/test target raises `LeakageError`. The evaluator then
+asks the fitted method for scores of (user, candidate) pairs and hands it each user's history for the split
+being scored (`histories[i]`: every interaction before that split's target), so a method never builds a
+history from data that holds the targets.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec_cli.data.prepare import PreparedData
+from llmrec_cli.data.views import TrainView
 
 
 @dataclass
@@ -42,30 +45,35 @@ class RunContext:
 class Method:
     """Base class. Subclasses set `score_kind` and implement `fit` and `score` (and may override `score_full`)."""
 
-    #: How pointwise scores map to probabilities for log-loss: "probability", "logit" (sigmoid) or "score" (none).
-    score_kind = "logit"
+    #: What a score is: "probability" (in [0, 1]), "logit" (log-odds: its sigmoid is a probability, e.g. a
+    #: Yes/No head) or "score" (only an order, e.g. a dot product). Log-loss is computed for the first two.
+    score_kind = "score"
     #: Whether `score_full` is affordable (LLM rankers usually only score sampled candidates).
     supports_full = True
+    #: Whether a candidate's score depends on the order the candidates are shown in (listwise prompts): the
+    #: evaluator then shows them in `eval.permutations` seeded orders (llmrec_cli/eval/orders.py).
+    order_sensitive = False
 
     def __init__(self, cfg, ctx: RunContext):
         self.cfg = cfg
         self.ctx = ctx
-        self.data: PreparedData | None = None
+        self.data: TrainView | None = None
 
-    def fit(self, data: PreparedData) -> dict[str, float]:
-        """Train on `data` (training interactions only). Returns summary numbers (epochs, best valid metric)."""
+    def fit(self, data: TrainView) -> dict[str, float]:
+        """Train on DATA, the training-only view. Returns summary numbers (epochs, best valid metric)."""
         self.data = data
         return {}
 
-    def score(self, split: str, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Scores [n_users, n_candidates] for candidate `items[i]` of `users[i]`; higher is better."""
+    def score(self, users: np.ndarray, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
+        """Scores [n_users, n_candidates] for candidate `items[i]` of `users[i]`, whose history (every
+        interaction before the target of the split being scored) is `histories[i]`; higher is better."""
         raise NotImplementedError
 
-    def score_full(self, split: str, users: np.ndarray) -> np.ndarray:
+    def score_full(self, users: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
         """Scores [n_users, n_items + 1] over the whole catalogue (column 0 is padding)."""
         assert self.data is not None
         items = np.broadcast_to(np.arange(self.data.n_items + 1), (len(users), self.data.n_items + 1))
-        return self.score(split, users, np.ascontiguousarray(items))
+        return self.score(users, histories, np.ascontiguousarray(items))
 
     def cost_summary(self) -> dict[str, float]:
         """Cost figures logged with the final metrics (LLM methods: seconds, tokens, users/s, GPU memory)."""
@@ -75,5 +83,5 @@ class Method:
         """Write what `load` needs to rebuild the fitted method; returns the files written."""
         return []
 
-    def load(self, path: Path, data: PreparedData) -> None:
+    def load(self, path: Path, data: TrainView) -> None:
         self.data = data

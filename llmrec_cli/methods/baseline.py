@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from llmrec_cli.crm.base import CRM, fit_crm
 from llmrec_cli.crm.reuse import build_crm, load_crm_file, save_crm
 from llmrec_cli.methods.base import Method
@@ -15,19 +13,17 @@ from llmrec_cli.registry import register_method
 class CRMMethod(Method):
     """Adapts a CRM to the method interface; also the way later quadrants evaluate a CRM component."""
 
+    score_kind = "score"  # dot products / counts: an order, not a probability (no log-loss)
+
     def __init__(self, cfg, ctx, crm: CRM | None = None):
         super().__init__(cfg, ctx)
         self.crm = crm
-        self.score_kind = "score" if getattr(ctx.cfg.crm, "name", "") == "pop" else "logit"
 
-    def _histories(self, split: str, users: np.ndarray) -> list[np.ndarray]:
-        return [self.data.history(int(u), split) for u in users]
+    def score(self, users, histories, items):
+        return self.crm.score(users, histories, items).float().cpu().numpy()
 
-    def score(self, split, users, items):
-        return self.crm.score(users, self._histories(split, users), items).float().cpu().numpy()
-
-    def score_full(self, split, users):
-        return self.crm.score(users, self._histories(split, users), None).float().cpu().numpy()
+    def score_full(self, users, histories):
+        return self.crm.score(users, histories, None).float().cpu().numpy()
 
     def save(self, path: Path) -> list[Path]:
         return [save_crm(self.crm, Path(path))]

@@ -4,7 +4,10 @@ account for cost.
 `candidates=crm_topk` (quadrants 3/4, filter-then-rerank): a CRM (trained in-line, or `crm.from_run=<id>`)
 retrieves its top `candidates.k` unseen items per user; `score_full` lets the LLM reorder those and keeps the
 CRM's order below them, so the evaluator's `full` protocol measures the two-stage system (a target the CRM did
-not retrieve keeps its CRM rank, as in LlamaRec). The sampled and pointwise protocols still score the shared
+not retrieve keeps its CRM rank, as in LlamaRec). The LLM cannot inherit the pre-filter's order: an
+order-sensitive scorer sees the top k in `eval.permutations` seeded orders independent of the CRM's scores
+(`llmrec_cli.eval.orders`), and items the LLM scores equally stay tied (the evaluator then ranks a tied target
+below), instead of being broken by CRM order. The sampled and pointwise protocols still score the shared
 candidates with the LLM alone. The pre-filter is saved as `crm.pt` with the checkpoint.
 
 Cost figures (logged with the final metrics): `cost/load_seconds`, `cost/score_seconds`, `cost/tokens`
@@ -65,20 +68,24 @@ class LLMMethod(Method):
         self.supports_full = True
         self.ctx.log_params({"candidates.prefilter": self.prefilter.cfg.name})
 
-    def score_full(self, split, users):
+    def score_candidates(self, users, histories, items) -> np.ndarray:
+        """The LLM's scores of candidate ITEMS; an order-sensitive scorer sees them in seeded orders."""
+        if not self.order_sensitive:
+            return np.asarray(self.score(users, histories, items), dtype=np.float64)
+        from llmrec_cli.eval.orders import score_in_orders
+
+        k = int(self.ctx.cfg.eval.get("permutations", 1) or 1)
+        return score_in_orders(self.score, users, histories, items, self.ctx.seed, k)[0]
+
+    def score_full(self, users, histories):
         """Filter-then-rerank over the catalogue: the LLM's order on the CRM's top k, the CRM's order below."""
         if self.prefilter is None:
-            return super().score_full(split, users)
-        histories = [self.data.history(int(u), split) for u in users]
+            return super().score_full(users, histories)
         crm = self.prefilter.score(users, histories, None).float().cpu().numpy().astype(np.float64)
         k = min(int(self.ctx.cfg.candidates.k), self.data.n_items - max((len(h) for h in histories), default=0))
         top = self.prefilter.topk(users, histories, max(k, 1))
-        llm = np.asarray(self.score(split, users, top), dtype=np.float64)
-        out = crm - np.nanmax(crm, axis=1, keepdims=True) - 1.0  # every CRM score <= -1
-        order = np.argsort(-np.nan_to_num(llm, nan=-np.inf), axis=1, kind="stable")
-        rows = np.arange(len(users))[:, None]
-        out[rows, np.take_along_axis(top, order, axis=1)] = np.arange(top.shape[1], 0, -1, dtype=np.float64)[None]
-        return out
+        llm = self.score_candidates(users, histories, top)
+        return two_stage_scores(crm, top, llm)
 
     def save(self, path: Path) -> list[Path]:
         if self.prefilter is None:
@@ -113,7 +120,30 @@ class LLMMethod(Method):
             out["cost/gpu_seconds"] = seconds + out["cost/load_seconds"]
         if self.loaded is not None:
             out["model/num_parameters"] = float(self.loaded.num_parameters)
+        prompts = getattr(self, "prompts", None)
+        if prompts is not None and hasattr(prompts, "stat_metrics"):
+            out.update(prompts.stat_metrics())
+        if self.scorer is not None:
+            for key in ("truncated_prompts", "truncated_tokens"):
+                if key in self.scorer.stats:
+                    out[f"prompt/scorer_{key}"] = float(self.scorer.stats[key])
         return out
+
+
+def two_stage_scores(crm: np.ndarray, top: np.ndarray, llm: np.ndarray) -> np.ndarray:
+    """Catalogue scores [n, n_items + 1] of filter-then-rerank: the pre-filter's TOP items [n, k] above every
+    other item, ordered among themselves by the LLM's scores LLM [n, k] (NaN lowest), the rest by CRM.
+
+    Top items get their dense rank under the LLM (1..k, >= 1) and the rest CRM scores shifted below -1, so ties
+    in the LLM's scores stay ties (the evaluator ranks a tied target below) and nothing of the CRM's order
+    leaks into the top k."""
+    from scipy.stats import rankdata
+
+    out = crm - np.nanmax(np.where(np.isfinite(crm), crm, np.nan), axis=1, keepdims=True) - 1.0
+    out = np.where(np.isnan(out), -np.inf, out)  # every CRM score <= -1
+    tiers = rankdata(np.nan_to_num(np.asarray(llm, dtype=np.float64), nan=-np.inf), method="dense", axis=1)
+    np.put_along_axis(out, top, tiers.astype(np.float64), axis=1)
+    return out
 
 
 def stack(rows: list[np.ndarray]) -> np.ndarray:

@@ -6,8 +6,11 @@
   them as prompts (`render`) and tune with `llmrec_cli.llm.training.train_lora` (`train_options`: extra
   arguments such as quadrant 1's soft-token `embed_fn` and projector parameters).
 - prompts: `make_prompt(user, history, **fields)` builds training and scoring prompts alike (the history is
-  the items the prompt may show: a training prefix, or `data.history(user, split)`); quadrant 1 overrides it
-  to return token ids with soft tokens, and `show` renders a prompt for the logs.
+  the items the prompt may show: a training prefix, or the history the evaluator hands to `score`), fitted
+  into `model.max_length` with `ANSWER_RESERVE` tokens left for the answer; quadrant 1 overrides it to return
+  token ids with soft tokens, and `show` renders a prompt for the logs.
+- training data: the `TrainView` only; negatives are items outside the user's training sequence (as BPR's),
+  so the training distribution does not depend on any held-out valid/test label.
 - `save`: `adapter/` (peft `save_pretrained`) in the run's checkpoint folder, i.e. the MLflow artifact
   `checkpoint/adapter/adapter_model.safetensors`, plus a top-level artifact `adapter/manifest.json` (the
   adapter config, files and sha256).
@@ -26,6 +29,9 @@ import numpy as np
 from llmrec_cli.llm.prompts import TEMPLATES, PromptBuilder
 from llmrec_cli.methods.llm_base import LLMMethod
 from llmrec_cli.utils.io import sha256_file
+
+#: Tokens kept free after a tuned method's prompt for its answer (" Yes", " A", ...).
+ANSWER_RESERVE = 4
 
 
 class TunedLLMMethod(LLMMethod):
@@ -73,8 +79,18 @@ class TunedLLMMethod(LLMMethod):
         raise NotImplementedError
 
     def example_prompt(self) -> str:
-        """A scoring prompt (valid split, user 0) for the `prompts/example.txt` artifact."""
+        """A scoring prompt (user 0's training sequence: all but its last items shown) for `prompts/example.txt`."""
         raise NotImplementedError
+
+    def example_user(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(user, history, candidates) for the example prompt: the first user with >= 4 training items shows
+        all but their last 3, which are the candidates."""
+        for u in range(self.data.n_users):
+            seq = self.data.train_sequence(u)
+            if len(seq) >= 4:
+                return u, seq[:-3], seq[-3:]
+        seq = self.data.train_sequence(0)
+        return 0, seq[:-1], seq[-1:]
 
     # ---- shared -------------------------------------------------------------------------------------------
     def setup_tuned(self, adapter_dir: Path | None = None) -> None:
@@ -101,19 +117,20 @@ class TunedLLMMethod(LLMMethod):
                                            max_history=int(self.cfg.max_history),
                                            history_tokens=int(self.cfg.history_tokens),
                                            use_chat_template=bool(self.cfg.use_chat_template), num_demos=0,
-                                           seed=self.ctx.seed)
+                                           seed=self.ctx.seed, max_length=int(model_cfg.max_length))
         lora = sum(p.numel() for n, p in self.loaded.model.named_parameters() if "lora_" in n)
         self.ctx.log_params({"lora.num_parameters": lora,
                              "lora.trainable_pct": round(100.0 * lora / max(self.loaded.num_parameters, 1), 4)})
 
     def make_prompt(self, user: int, history: np.ndarray, **fields):
-        """USER's prompt showing HISTORY (training samples: a prefix of the training sequence; scoring:
-        `data.history(user, split)`), with the template's other FIELDS (candidate / candidates)."""
-        p = self.prompts
-        return p.wrap(p._fill(self.kind, history=self.history_block(user, history), demos="", **fields))
+        """USER's prompt showing HISTORY (training samples: a prefix of the training sequence; scoring: the
+        history the evaluator passed), with the template's other FIELDS (candidate / candidates)."""
+        return self.prompts.build(self.kind, user, history, demos=False, lead=self.history_lead(user, history),
+                                  reserve=ANSWER_RESERVE, **fields)
 
-    def history_block(self, user: int, history: np.ndarray) -> str:
-        return self.prompts.history_lines(history)
+    def history_lead(self, user: int, history: np.ndarray) -> str:
+        """Text placed before the history lines (quadrant 1: the user's soft token); none here."""
+        return ""
 
     def show(self, prompt) -> str:
         """A prompt as text for the logs."""
@@ -145,7 +162,7 @@ class TunedLLMMethod(LLMMethod):
     def _reset_scoring_cost(self) -> None:
         self._cost["cost/score_seconds"] = 0.0
         self._users_scored = 0
-        self.scorer.stats = {"tokens": 0, "forward_calls": 0, "seconds": 0.0}
+        self.scorer.reset_stats()
 
     def save(self, path: Path) -> list[Path]:
         out = Path(path) / "adapter"
@@ -168,9 +185,10 @@ class TunedLLMMethod(LLMMethod):
 
 
 def training_negatives(data, user: int, rng: np.random.Generator, k: int) -> list[int]:
-    """K negatives for USER's training samples: items the user never interacted with, so that neither a
-    training item nor a held-out valid/test target is ever trained on as a "No" or a wrong choice."""
-    return sample_unseen(rng, data.n_items, set(data.sequence(user).tolist()), k)
+    """K negatives for USER's training samples, from the training view only: items outside the user's training
+    sequence (as BPR samples them). A held-out valid/test target can be drawn like any other item: excluding
+    it would make the training distribution depend on test labels."""
+    return sample_unseen(rng, data.n_items, set(data.train_sequence(user).tolist()), k)
 
 
 def sample_unseen(rng: np.random.Generator, n_items: int, seen: set[int], k: int) -> list[int]:

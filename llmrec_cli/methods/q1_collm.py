@@ -16,17 +16,18 @@ config key:
   trained with LoRA in the same AdamW at `method.projector_lr` (LoRA: `trainer.lr`), saved in epoch
   checkpoints (`trainer`'s resume) and with the best epoch's weights (early stopping).
 - user token: `method.use_user_embedding`; the user vector is the CRM's representation of the history the
-  prompt is built from (a training sample: its training prefix; scoring: `data.history(user, split)`), so it
-  never sees a valid/test item the prompt could not show.
+  prompt is built from (a training sample: its training prefix; scoring: the history the evaluator passed),
+  so it never sees a valid/test item the prompt could not show.
 - the LLM scores prompts with `llmrec_cli.llm.scoring.Scorer` (batched, shared-prefix KV reuse) through
   `embed_fn`; training uses `train_lora(..., embed_fn=..., extra_params=...)`.
 
-Soft tokens are extended token ids (V = the LM's input vocabulary size): item i is `V + i`, user u showing a
-history of length L is `V + n_items + 1 + u * stride + L` (stride = longest sequence + 1). A prompt is rendered
-as text with markers (`[[item:i]]`, `[[user:u:L]]`), split at them, and the text pieces tokenised (the first
-with special tokens, the others without, the same at training and scoring time) around the soft ids. The
-`embed_fn` looks ids < V up in the LM's embeddings and sends ids >= V through the projector; extended ids never
-reach the embedding layer. In the `method.history_tokens` budget a marker counts as one token.
+Soft tokens are extended token ids (V = the LM's input vocabulary size): item i is `V + i`; a user showing a
+history is `V + n_items + 1 + slot`, where `slot` numbers the distinct (user, history) pairs in the order the
+prompts first show them (`SoftTokens.user_slot`, which remembers the history it stands for). A prompt is
+rendered as text with markers (`[[item:i]]`, `[[user:slot]]`), split at them, and the text pieces tokenised (the
+first as `scoring.encode_prompts` does, the others without special tokens, the same at training and scoring
+time) around the soft ids. The `embed_fn` looks ids < V up in the LM's embeddings and sends ids >= V through the
+projector; extended ids never reach the embedding layer. In the token budgets a marker counts as one token.
 
 Artifacts: `prompts/template_<head>.txt`, `prompts/example.txt` and `prompts/train_example.txt` with visible
 placeholders (`[item-emb]`, `[user-emb]`), `prompts/soft_tokens.txt` (the layout); params `collm.*` and the
@@ -57,7 +58,7 @@ from llmrec_cli.registry import register_method
 from llmrec_cli.utils.io import atomic_path
 
 PROJECTOR_FILE = "projector.pt"
-MARKER = re.compile(r"\[\[(item|user):(\d+)(?::(\d+))?\]\]")
+MARKER = re.compile(r"\[\[(item|user):(\d+)\]\]")
 SHOWN = {"item": "[item-emb]", "user": "[user-emb]"}
 
 
@@ -65,8 +66,8 @@ def item_marker(item: int) -> str:
     return f"[[item:{int(item)}]]"
 
 
-def user_marker(user: int, history_len: int) -> str:
-    return f"[[user:{int(user)}:{int(history_len)}]]"
+def user_marker(slot: int) -> str:
+    return f"[[user:{int(slot)}]]"
 
 
 def build_projector(crm_dim: int, hidden: int, llm_dim: int) -> nn.Module:
@@ -79,18 +80,19 @@ def build_projector(crm_dim: int, hidden: int, llm_dim: int) -> nn.Module:
 class SoftTokens:
     """`embed_fn`: token ids [B, T] -> input embeddings [B, T, H], ids >= vocab through the projector.
 
-    EMBEDDINGS is the LM's input embedding layer, CRM the fitted recommender, DATA the prepared data (user
-    vectors come from `data.sequence(u)[:L]`). With a frozen CRM (`cache=True`) the item table and the user
-    vectors are computed once (`reset()` forgets them).
+    EMBEDDINGS is the LM's input embedding layer, CRM the fitted recommender, N_ITEMS the catalogue size. User
+    vectors come from the histories registered with `user_slot` (the ones the prompts show). With a frozen CRM
+    (`cache=True`) the item table and the user vectors are computed once (`reset()` forgets them).
     """
 
-    def __init__(self, embeddings: nn.Module, projector: nn.Module, crm, data, cache: bool):
-        self.embeddings, self.projector, self.crm, self.data = embeddings, projector, crm, data
+    def __init__(self, embeddings: nn.Module, projector: nn.Module, crm, n_items: int, cache: bool):
+        self.embeddings, self.projector, self.crm = embeddings, projector, crm
         self.vocab = int(embeddings.num_embeddings)
-        self.n_items = int(data.n_items)
-        self.stride = int(np.diff(data.offsets).max()) + 1
+        self.n_items = int(n_items)
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self._items: torch.Tensor | None = None
+        self._slots: dict[tuple[int, bytes], int] = {}
+        self._slot_history: list[tuple[int, np.ndarray]] = []
 
     def reset(self) -> None:
         """Forget the cached CRM vectors (after changing a frozen CRM's weights)."""
@@ -102,20 +104,32 @@ class SoftTokens:
     def item_id(self, item: int) -> int:
         return self.vocab + int(item)
 
-    def user_id(self, user: int, history_len: int) -> int:
-        return self.vocab + self.n_items + 1 + int(user) * self.stride + int(history_len)
+    def user_slot(self, user: int, history: np.ndarray) -> int:
+        """The slot of USER showing HISTORY (one per distinct pair; the history is kept for its vector)."""
+        history = np.asarray(history, dtype=np.int64)
+        key = (int(user), history.tobytes())
+        if key not in self._slots:
+            self._slots[key] = len(self._slot_history)
+            self._slot_history.append((int(user), history.copy()))
+        return self._slots[key]
 
-    def decode(self, soft_id: int) -> tuple[str, int, int]:
-        """("item", item, 0) or ("user", user, history length) of an extended id."""
+    def slot_history(self, slot: int) -> tuple[int, np.ndarray]:
+        """(user, history) a user slot stands for."""
+        return self._slot_history[int(slot)]
+
+    def user_id(self, slot: int) -> int:
+        return self.vocab + self.n_items + 1 + int(slot)
+
+    def decode(self, soft_id: int) -> tuple[str, int]:
+        """("item", item) or ("user", slot) of an extended id."""
         rel = int(soft_id) - self.vocab
         if rel <= self.n_items:
-            return "item", rel, 0
-        user, length = divmod(rel - self.n_items - 1, self.stride)
-        return "user", user, length
+            return "item", rel
+        return "user", rel - self.n_items - 1
 
     def layout(self) -> dict:
-        return {"vocab": self.vocab, "n_items": self.n_items, "stride": self.stride,
-                "item_id": "vocab + item_idx", "user_id": "vocab + n_items + 1 + user * stride + history_len"}
+        return {"vocab": self.vocab, "n_items": self.n_items, "item_id": "vocab + item_idx",
+                "user_id": "vocab + n_items + 1 + slot (one per distinct (user, history) shown)"}
 
     # ---- embed_fn -------------------------------------------------------------------------------------
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -149,11 +163,11 @@ class SoftTokens:
         return self._items
 
     def user_vectors(self, slots: list[int]) -> torch.Tensor:
-        """The CRM's user representation per slot `user * stride + history_len`, from that history prefix."""
+        """The CRM's user representation per slot, from the history registered for it."""
         todo = sorted(set(slots) - set(self.cache or ()))
         if todo:
-            users = np.asarray([s // self.stride for s in todo], dtype=np.int64)
-            histories = [self.data.sequence(int(u))[: s % self.stride] for u, s in zip(users, todo, strict=True)]
+            users = np.asarray([self._slot_history[s][0] for s in todo], dtype=np.int64)
+            histories = [self._slot_history[s][1] for s in todo]
             fresh = dict(zip(todo, self.crm.user_embeddings(users, histories), strict=True))
             if self.cache is None:
                 return torch.stack([fresh[s] for s in slots])
@@ -162,22 +176,15 @@ class SoftTokens:
 
 
 class SoftPromptBuilder(PromptBuilder):
-    """PromptBuilder whose item texts end in their item marker; in the `history_tokens` budget a marker counts
-    as the one input position it becomes."""
+    """PromptBuilder whose item texts end in their item marker; in the token budgets a marker counts as the one
+    input position it becomes."""
 
     def __post_init__(self):
         super().__post_init__()
         self.texts = [t + item_marker(i) if i else t for i, t in enumerate(self.texts)]
 
-    def history_lines(self, items: np.ndarray) -> str:
-        lines = [f"- {self.texts[int(i)]}" for i in items[-self.max_history:]]
-        while len(lines) > 1 and self._size("\n".join(lines)) > self.history_tokens:
-            lines = lines[1:]
-        return "\n".join(lines)
-
-    def _size(self, text: str) -> int:
-        plain = MARKER.sub("", text)
-        return len(self.tokenizer(plain, add_special_tokens=False)["input_ids"]) + len(MARKER.findall(text))
+    def _size(self, text: str, special: bool = False) -> int:
+        return super()._size(MARKER.sub("", text), special) + len(MARKER.findall(text))
 
 
 class CollmMethod(TunedLLMMethod):
@@ -215,7 +222,7 @@ class CollmMethod(TunedLLMMethod):
         torch.manual_seed(self.ctx.seed)
         projector = build_projector(crm_dim, int(self.cfg.projector_hidden), int(embeddings.embedding_dim))
         projector.to(self.ctx.device)
-        self.soft = SoftTokens(embeddings, projector, self.crm, self.data, cache=not trainable)
+        self.soft = SoftTokens(embeddings, projector, self.crm, self.data.n_items, cache=not trainable)
         if self._saved_projector is not None:
             self._restore_projector(self._saved_projector)
         self.scorer.embed_fn = self.soft
@@ -226,14 +233,13 @@ class CollmMethod(TunedLLMMethod):
                                                           int(embeddings.embedding_dim)) if d > 0),
             "collm.crm": self.crm.cfg.name, "collm.crm_dim": crm_dim, "collm.crm_trainable": trainable,
             "collm.user_token": bool(self.cfg.use_user_embedding), "collm.vocab_size": self.soft.vocab,
-            "collm.user_stride": self.soft.stride,
             "collm.soft_tokens": "item: vocab + item_idx, after each item's text; user: vocab + n_items + 1 + "
-                                 "user * user_stride + history_len, on a line before the history",
+                                 "slot (one per distinct user history shown), on a line before the history",
         })
 
     def _restore_projector(self, saved: dict) -> None:
         layout, mine = saved.get("layout", {}), self.soft.layout()
-        if any(layout.get(k) != mine[k] for k in ("vocab", "n_items", "stride")):
+        if any(layout.get(k) != mine[k] for k in ("vocab", "n_items")):
             raise LlmrecError(f"{PROJECTOR_FILE} was written for soft-token layout {layout}, this run has {mine}: "
                               f"evaluate the checkpoint on the dataset and model it was trained with")
         self.soft.projector.load_state_dict(saved["state_dict"])
@@ -253,11 +259,10 @@ class CollmMethod(TunedLLMMethod):
                           f"{user}Extended ids: {self.soft.layout()}\n", "prompts/soft_tokens.txt")
 
     # ---- prompts --------------------------------------------------------------------------------------
-    def history_block(self, user: int, history: np.ndarray) -> str:
-        lines = super().history_block(user, history)
+    def history_lead(self, user: int, history: np.ndarray) -> str:
         if not self.cfg.use_user_embedding:
-            return lines
-        return f"User profile: {user_marker(user, len(history))}\n{lines}"
+            return ""
+        return f"User profile: {user_marker(self.soft.user_slot(user, history))}\n"
 
     def make_prompt(self, user: int, history: np.ndarray, **fields) -> list[int]:
         return self.make_soft(super().make_prompt(user, history, **fields))
@@ -267,14 +272,19 @@ class CollmMethod(TunedLLMMethod):
         markers replaced by their extended ids."""
         parts = MARKER.split(text)
         ids = list(self._piece_ids(parts[0], special))
-        for k in range(1, len(parts), 4):
-            kind, a, b = parts[k:k + 3]
-            ids.append(self.soft.item_id(int(a)) if kind == "item" else self.soft.user_id(int(a), int(b)))
-            ids += self._piece_ids(parts[k + 3], False)
+        for k in range(1, len(parts), 3):
+            kind, a = parts[k:k + 2]
+            ids.append(self.soft.item_id(int(a)) if kind == "item" else self.soft.user_id(int(a)))
+            ids += self._piece_ids(parts[k + 2], False)
         return ids
 
     def _tokenize(self, piece: str, special: bool) -> tuple[int, ...]:
-        return tuple(self.loaded.tokenizer(piece, add_special_tokens=special)["input_ids"]) if piece else ()
+        """Token ids of a text PIECE; the first piece of a prompt (SPECIAL) as `scoring.encode_prompts` does."""
+        from llmrec_cli.llm.scoring import encode_prompts
+
+        if not piece:
+            return ()
+        return tuple(encode_prompts(self.loaded.tokenizer, [piece], special=special)[0])
 
     def show(self, prompt) -> str:
         """The prompt as the LLM reads it: text, with [item-emb] / [user-emb] where the soft tokens are."""

@@ -62,7 +62,8 @@ class LLMAugment(LLMEncoder):
         return self.data.train_sequence(user)[-int(self.cfg.max_history):]
 
     def user_prompt(self, user: int) -> str:
-        return self.prompts.wrap(self._fill(USER_TEMPLATE, history=self.prompts.history_lines(self.user_history(user))))
+        lines = self.prompts.history_lines(self.user_history(user))
+        return self.prompts.wrap(self._fill(USER_TEMPLATE, history="\n".join(lines)))
 
     # ---- generation --------------------------------------------------------------------------------------
     def cache_path(self):
@@ -81,7 +82,7 @@ class LLMAugment(LLMEncoder):
             tok = self.loaded.tokenizer
             batches = iter_generate(self.loaded.model, tok, [prompts[i] for i in todo],
                                     int(self.cfg.max_new_tokens), int(self.cfg.batch_size),
-                                    int(self.ctx.cfg.model.max_length), add_special_tokens=not self.prompts.chat,
+                                    int(self.ctx.cfg.model.max_length), add_special_tokens=True,
                                     stats=self.stats)
             n_batches = -(-len(todo) // max(1, int(self.cfg.batch_size)))
             for batch in progress_bar(batches, desc="generate", enabled=self.ctx.progress, total=n_batches):

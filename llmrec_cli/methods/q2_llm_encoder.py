@@ -264,16 +264,11 @@ class LLMEncoder(LLMMethod):
         return fit_crm(self.crm, data, self.ctx, lambda: self.ctx.validate(self), self.ctx.monitor_name(self))
 
     # ---- scoring, save/load ------------------------------------------------------------------------------
-    def _histories(self, split: str, users: np.ndarray) -> list[np.ndarray]:
-        return [self.data.history(int(u), split) for u in users]
+    def score(self, users, histories, items):
+        return self.timed(lambda: self.crm.score(users, histories, items).float().cpu().numpy(), len(users))
 
-    def score(self, split, users, items):
-        return self.timed(lambda: self.crm.score(users, self._histories(split, users), items)
-                          .float().cpu().numpy(), len(users))
-
-    def score_full(self, split, users):
-        return self.timed(lambda: self.crm.score(users, self._histories(split, users), None)
-                          .float().cpu().numpy(), len(users))
+    def score_full(self, users, histories):
+        return self.timed(lambda: self.crm.score(users, histories, None).float().cpu().numpy(), len(users))
 
     def cost_summary(self) -> dict[str, float]:
         return {**super().cost_summary(), **self._released}

@@ -37,23 +37,23 @@ class EmbeddingZeroShot(LLMMethod):
         return cached_text_embeddings(self.ctx.cfg.model, texts,
                                       lambda todo: self.timed(lambda: self.scorer.embed(todo, pooling=pooling), 0))[0]
 
-    def _users(self, split: str, users: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(users), self.item_emb.shape[1]), dtype=np.float64)
-        for r, u in enumerate(users):
-            hist = self.data.history(int(u), split)[-int(self.cfg.max_history):]
+    def _users(self, histories) -> np.ndarray:
+        out = np.zeros((len(histories), self.item_emb.shape[1]), dtype=np.float64)
+        for r, history in enumerate(histories):
+            hist = np.asarray(history, dtype=np.int64)[-int(self.cfg.max_history):]
             w = np.arange(1, len(hist) + 1, dtype=np.float64) if self.cfg.history_weighting == "recency" \
                 else np.ones(len(hist))
             v = (self.item_emb[hist] * w[:, None]).sum(0)
             out[r] = v / max(np.linalg.norm(v), 1e-12)
         return out
 
-    def score(self, split, users, items):
-        return self.timed(lambda: np.einsum("nd,ncd->nc", self._users(split, users), self.item_emb[items]), len(users))
+    def score(self, users, histories, items):
+        return self.timed(lambda: np.einsum("nd,ncd->nc", self._users(histories), self.item_emb[items]), len(users))
 
-    def score_full(self, split, users):
+    def score_full(self, users, histories):
         if self.prefilter is not None:  # candidates=crm_topk: rerank the CRM's top k
-            return super().score_full(split, users)
-        return self.timed(lambda: self._users(split, users) @ self.item_emb.T.astype(np.float64), len(users))
+            return super().score_full(users, histories)
+        return self.timed(lambda: self._users(histories) @ self.item_emb.T.astype(np.float64), len(users))
 
 
 def embedding_cache_path(model_cfg, texts: Sequence[str]) -> Path:

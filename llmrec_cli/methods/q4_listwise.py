@@ -1,10 +1,11 @@
 """Quadrant 4, `listwise_lora`: LoRA tuning of the listwise letter verbalizer (LlamaRec-style reranker), no CRM.
 
-Training samples come from training data only: for each user with at least two training interactions the
+Training samples come from the training view only: for each user with at least two training interactions the
 history is their training sequence without its last item, and the candidates are that last item plus
-`eval.num_negatives` items the user never interacted with (in training or as a held-out target), shuffled and
-labelled A, B, C, ... (the same number of candidates as the sampled protocol). The answer is the true item's
-letter.
+`eval.num_negatives` items outside the user's training sequence, shuffled and labelled A, B, C, ... (the same
+number of candidates as the sampled protocol). The answer is the true item's letter. At scoring time the
+candidates are shown in seeded orders (`eval.permutations`; `order_sensitive`), never in the plan's or a
+pre-filter's order.
 
 Loss: cross-entropy over the candidate letters only, at the one answer position (the softmax is restricted to
 the letter tokens). That is exactly the distribution `Scorer.listwise` reads at scoring time (log-softmax
@@ -29,6 +30,7 @@ from llmrec_cli.registry import register_method
 class ListwiseLora(TunedLLMMethod):
     score_kind = "score"
     kind = "listwise"
+    order_sensitive = True
 
     @property
     def num_candidates(self) -> int:
@@ -75,13 +77,12 @@ class ListwiseLora(TunedLLMMethod):
         return {"verbalizer.index_token_ids": json.dumps(self.letter_ids())}
 
     def example_prompt(self) -> str:
-        cands = self.prompts.candidate_block(self.data.sequence(0)[-3:])
-        return self.show(self.make_prompt(0, self.data.history(0, "valid"), candidates=cands))
+        u, history, cands = self.example_user()
+        return self.show(self.make_prompt(u, history, candidates=self.prompts.candidate_block(cands)))
 
-    def score(self, split, users, items):
-        prompts = [self.make_prompt(int(u), self.data.history(int(u), split),
-                                    candidates=self.prompts.candidate_block(row))
-                   for u, row in zip(users, items, strict=True)]
+    def score(self, users, histories, items):
+        prompts = [self.make_prompt(int(u), history, candidates=self.prompts.candidate_block(row))
+                   for u, history, row in zip(users, histories, items, strict=True)]
         labels = LETTERS[: items.shape[1]]
         out = self.timed(lambda: self.scorer.listwise(prompts, [items.shape[1]] * len(users), labels=labels,
                                                       prefix=self.prompts.answer_prefix), len(users))

@@ -53,7 +53,7 @@ def run_eval(run_id: str | None, checkpoint: Path | None, overrides: list[str], 
     def body(tracker: Tracker, new_run_id: str) -> dict[str, float]:
         s = setup(cfg, tracker, new_run_id)
         method = registry.METHODS[cfg.method.name].obj(cfg.method, s.ctx)
-        method.load(path, s.data)
+        method.load(path, s.train)
         return evaluate_and_log(method, s, tracker, {})
 
     return tracked(cfg, body, {"source_run": source, "eval_only": "true"})

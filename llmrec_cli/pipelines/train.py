@@ -2,7 +2,13 @@
 
 Feature -> config key:
 - data and split: `dataset=`, `dataset.path=`, `dataset.min_rating=`, `dataset.kcore=` (cached, hashed)
+- data and split: also `dataset.split=loo|temporal`, `dataset.split_time=[0.8,0.9]`
 - shared candidates: `eval.num_negatives=`, `eval.negative_sampling=`, `eval.max_users=`, `seed=` (cached, hashed)
+- what fit sees: `data.train_view()` only (held-out targets unreachable); the evaluator hands `score` the
+  histories
+- comparability tags: `dataset_hash`, `candidate_set_hash` (differs per seed), `protocol_hash` (everything but
+  the seed: runs with equal protocol_hash may be averaged over seeds), `protocol` (a readable label),
+  `n_eval_users`, `n_candidates`
 - method: `quadrant=`, `method=`, `crm=`, `model=`; training loop: `trainer.*` (early stopping on `eval.monitor`)
 - tracking: `tracking.uri=`, `tracking.experiment=`, `run_name=`, `+tags.KEY=VALUE`
 
@@ -136,7 +142,8 @@ def run_train(cfg: DictConfig) -> RunSummary:
 class Session:
     """What every pipeline sets up before a method runs: data, the shared plan, the evaluator, the context."""
 
-    data: object
+    data: object  # PreparedData: the evaluator's (targets included)
+    train: object  # TrainView: what the method fits on
     plan: object
     evaluator: object
     ctx: object
@@ -146,7 +153,7 @@ class Session:
 
 
 def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
-    from llmrec_cli.data.candidates import get_plan
+    from llmrec_cli.data.candidates import get_plan, protocol_hash, protocol_label
     from llmrec_cli.data.load import load_prepared
     from llmrec_cli.eval.evaluator import Evaluator
     from llmrec_cli.methods.base import RunContext
@@ -164,9 +171,12 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     data = load_prepared(cfg.dataset)
     plan = get_plan(data, cfg.eval, int(cfg.seed))
     tracker.set_tags({"dataset_hash": data.data_hash, "candidate_set_hash": plan.hash,
+                      "protocol_hash": protocol_hash(data, plan.settings), "split": data.split,
+                      "protocol": protocol_label(data, cfg.dataset, plan),
+                      "n_eval_users": len(plan["test"].users), "n_candidates": int(cfg.eval.num_negatives) + 1,
                       "n_users": data.n_users, "n_items": data.n_items})
     timings = {"time/prepare_seconds": time.perf_counter() - t0}
-    evaluator = Evaluator(data, plan, cfg.eval)
+    evaluator = Evaluator(data, plan, cfg.eval, int(cfg.seed))
     registry.load_all()
     run_dir = Path(cfg.output_dir) / run_id
     ctx = RunContext(
@@ -181,7 +191,7 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
         return evaluator.evaluate(method, splits=[split], protocols=[proto]).metrics
 
     ctx.validate = validate
-    return Session(data, plan, evaluator, ctx, run_dir, resolved, timings)
+    return Session(data, data.train_view(), plan, evaluator, ctx, run_dir, resolved, timings)
 
 
 def _device(cfg: DictConfig) -> str:
@@ -199,7 +209,7 @@ def _train(cfg: DictConfig, tracker: Tracker, run_id: str) -> dict[str, float]:
     s = setup(cfg, tracker, run_id)
     method = registry.METHODS[cfg.method.name].obj(cfg.method, s.ctx)
     t0 = time.perf_counter()
-    fit_summary = method.fit(s.data) or {}
+    fit_summary = method.fit(s.train) or {}
     s.timings["time/fit_seconds"] = time.perf_counter() - t0
     if not distributed.world().is_main:
         return fit_summary  # rank 0 saves, evaluates and logs
@@ -219,6 +229,11 @@ def evaluate_and_log(method, s: Session, tracker: Tracker, extra: dict[str, floa
     s.timings["time/eval_seconds"] = time.perf_counter() - t0
     final = {**result.metrics, **extra, **s.timings, **method.cost_summary()}
     tracker.log_metrics(final, step=0)
+    if result.notes:
+        for note in result.notes:
+            log.warning("%s", note)
+        tracker.log_text("\n".join(result.notes) + "\n", "eval_notes.txt")
+        tracker.set_tags({"eval_notes": "; ".join(result.notes)[:4000]})
     for name, frame in (("per_user_metrics", result.per_user), ("predictions", result.predictions)):
         if frame is None:
             continue

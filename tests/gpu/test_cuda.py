@@ -18,8 +18,8 @@ def test_crm_trains_on_cuda_and_scores_like_cpu(name):
     cfg = compose_run(["dataset=synthetic", f"crm={name}"])
     data = load_prepared(cfg.dataset)
     crm = registry.CRMS[name].obj(cfg.crm, data.n_users, data.n_items).cuda()
-    crm.setup(data)
-    loss = crm.train_epoch(data, crm.make_optimizer(), np.random.default_rng(0), progress=False)
+    crm.setup(data.train_view())
+    loss = crm.train_epoch(data.train_view(), crm.make_optimizer(), np.random.default_rng(0), progress=False)
     assert np.isfinite(loss) and crm.device.type == "cuda"
     crm.eval()
     users = np.arange(16)

@@ -28,13 +28,13 @@ def lora_b(model) -> dict[str, torch.Tensor]:
 
 
 def make(name: str, out: Path, overrides=(), validate=None, log=None):
-    """A fitted-to-be method with a hand-made context (no MLflow): (method, data)."""
+    """A fitted-to-be method with a hand-made context (no MLflow): (method, training view)."""
     registry.load_all()
     cfg = compose_run([f"method={name}", *QUICK, "eval.monitor=valid/sampled/ndcg_10", *overrides])
     ctx = RunContext(cfg=cfg, seed=int(cfg.seed), device="cpu", output_dir=out, validate=validate, progress=False,
                      log_metrics=(lambda m, step: log.append((step, m))) if log is not None else (lambda m, s: None),
                      log_params=(lambda p: log.append(("params", p))) if log is not None else (lambda p: None))
-    return registry.METHODS[name].obj(cfg.method, ctx), load_prepared(cfg.dataset)
+    return registry.METHODS[name].obj(cfg.method, ctx), load_prepared(cfg.dataset).train_view()
 
 
 @pytest.mark.parametrize("name", ["tallrec", "listwise_lora"])
@@ -72,13 +72,15 @@ def test_save_then_load_gives_identical_scores(tmp_path, name):
     method.fit(data)
     assert all(float(t.abs().sum()) > 0 for t in lora_b(method.loaded.model).values())
     users = np.arange(4)
-    items = np.stack([data.sequence(int(u))[-6:] for u in users])
-    before = method.score("test", users, items)
+    full = load_prepared(method.ctx.cfg.dataset)
+    items = np.stack([full.sequence(int(u))[-6:] for u in users])
+    hist = [full.history(int(u), "test") for u in users]
+    before = method.score(users, hist, items)
     files = method.save(tmp_path / "ckpt")
     assert any(f.name == "adapter_model.safetensors" for f in files)
     again, _ = make(name, tmp_path / "run2")
     again.load(tmp_path / "ckpt", data)
-    np.testing.assert_array_equal(again.score("test", users, items), before)
+    np.testing.assert_array_equal(again.score(users, hist, items), before)
 
 
 def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(tmp_path):

@@ -23,7 +23,7 @@ QUICK = ["method=collm", "model=tiny-llama-lora", "crm=sasrec", "dataset=synthet
 
 
 def make(head: str, out: Path, overrides=(), validate=None, log=None):
-    """A collm method with a hand-made context (no MLflow) and an untrained SASRec: (method, data)."""
+    """A collm method with a hand-made context (no MLflow) and an untrained SASRec: (method, training view)."""
     registry.load_all()
     cfg = compose_run([*QUICK, f"method.head={head}", *overrides])
     texts: dict[str, str] = {}
@@ -31,13 +31,18 @@ def make(head: str, out: Path, overrides=(), validate=None, log=None):
                      log_metrics=(lambda m, step: log.append((step, m))) if log is not None else (lambda m, s: None),
                      log_params=(lambda p: log.append(("params", p))) if log is not None else (lambda p: None),
                      log_text=lambda text, name: texts.__setitem__(name, text))
-    data = load_prepared(cfg.dataset)
+    data = load_prepared(cfg.dataset).train_view()
     method = registry.METHODS["collm"].obj(cfg.method, ctx)
     method.texts = texts
     torch.manual_seed(0)  # the same CRM in every run (as the seeded in-line training gives)
     method.crm = build_crm(cfg.crm, data.n_users, data.n_items, "cpu")
     method.crm.setup(data)
     return method, data
+
+
+def full_data():
+    """The prepared data with its held-out targets (what the evaluator holds)."""
+    return load_prepared(compose_run(QUICK).dataset)
 
 
 def ready(head: str, out: Path, overrides=()):
@@ -60,7 +65,8 @@ def lora_b(model) -> dict[str, torch.Tensor]:
 def soft_items(method, ids) -> tuple[list[int], list[tuple[int, int]]]:
     """(item indices, (user, history length) pairs) of a prompt's soft tokens, in order."""
     decoded = [method.soft.decode(t) for t in ids if t >= method.soft.vocab]
-    return [a for kind, a, _ in decoded if kind == "item"], [(a, b) for kind, a, b in decoded if kind == "user"]
+    users = [method.soft.slot_history(a) for kind, a in decoded if kind == "user"]
+    return [a for kind, a in decoded if kind == "item"], [(u, len(h)) for u, h in users]
 
 
 def test_the_head_picks_the_class_and_quadrant_1_defaults_to_collm(tmp_path):
@@ -74,13 +80,15 @@ def test_soft_ids_map_to_crm_vectors_and_never_reach_the_embedding_layer(tmp_pat
     method, data = ready("pointwise", tmp_path)
     soft, crm = method.soft, method.crm
     assert soft.vocab == method.loaded.model.get_input_embeddings().num_embeddings
-    u, length = 3, len(data.train_sequence(3)) - 1
-    ids = torch.tensor([[5, soft.item_id(7), 9, soft.user_id(u, length), soft.item_id(data.n_items)]])
-    assert soft.decode(soft.item_id(7)) == ("item", 7, 0) and soft.decode(soft.user_id(u, length)) == ("user", u, length)
+    u, history = 3, data.train_sequence(3)[:-1]
+    slot = soft.user_slot(u, history)
+    assert soft.user_slot(u, history.copy()) == slot and soft.user_slot(u, history[:-1]) != slot
+    ids = torch.tensor([[5, soft.item_id(7), 9, soft.user_id(slot), soft.item_id(data.n_items)]])
+    assert soft.decode(soft.item_id(7)) == ("item", 7) and soft.decode(soft.user_id(slot)) == ("user", slot)
     with torch.no_grad():
         vecs = soft.vectors(ids[ids >= soft.vocab] - soft.vocab)
         torch.testing.assert_close(vecs[0], crm.item_embeddings()[7])
-        torch.testing.assert_close(vecs[1], crm.user_embeddings(np.array([u]), [data.sequence(u)[:length]])[0])
+        torch.testing.assert_close(vecs[1], crm.user_embeddings(np.array([u]), [history])[0])
         torch.testing.assert_close(vecs[2], crm.item_embeddings()[data.n_items])
         seen = []
         hook = soft.embeddings.register_forward_pre_hook(lambda mod, args: seen.append(int(args[0].max())))
@@ -94,7 +102,8 @@ def test_soft_ids_map_to_crm_vectors_and_never_reach_the_embedding_layer(tmp_pat
 
 @pytest.mark.parametrize("head", ["pointwise", "listwise"])
 def test_prompts_carry_one_soft_token_per_item_and_show_placeholders(tmp_path, head):
-    method, data = ready(head, tmp_path)
+    method, _ = ready(head, tmp_path)
+    data = full_data()
     history = data.history(0, "test")
     cands = data.sequence(0)[-3:]
     fields = {"candidate": method.prompts.texts[int(cands[0])]} if head == "pointwise" else \
@@ -102,7 +111,9 @@ def test_prompts_carry_one_soft_token_per_item_and_show_placeholders(tmp_path, h
     ids = method.make_prompt(0, history, **fields)
     items, users = soft_items(method, ids)
     n_cands = 1 if head == "pointwise" else 3
-    shown = min(len(history), int(method.cfg.max_history))
+    shown = len(items) - n_cands  # the last max_history items, fewer when the prompt had to fit max_length
+    assert 1 <= shown <= min(len(history), int(method.cfg.max_history))
+    assert shown == min(len(history), int(method.cfg.max_history)) or method.prompts.stats["shortened"] > 0
     assert items == [*history[-shown:].tolist(), *cands[:n_cands].tolist()]
     assert users == [(0, len(history))]
     assert ids == method.make_prompt(0, history, **fields)  # deterministic: training and scoring agree
@@ -116,8 +127,9 @@ def test_prompts_carry_one_soft_token_per_item_and_show_placeholders(tmp_path, h
 
 @pytest.mark.parametrize("head", ["pointwise", "listwise"])
 def test_training_prompts_never_show_held_out_items(tmp_path, head):
-    method, data = ready(head, tmp_path)
-    samples = method.training_samples(data, np.random.default_rng(0))
+    method, view = ready(head, tmp_path)
+    data = full_data()
+    samples = method.training_samples(view, np.random.default_rng(0))
     assert samples
     for sample in samples:
         u, n_history = sample[0], sample[1]
@@ -136,8 +148,8 @@ def test_training_prompts_never_show_held_out_items(tmp_path, head):
             positive = cands[sample[3]]
             negatives = [c for k, c in enumerate(cands) if k != sample[3]]
         assert positive is None or positive == int(train[-1])
-        assert not set(negatives) & set(data.sequence(u).tolist())  # items the user never interacted with
-        assert not held_out & set(items)  # held-out targets appear nowhere: history, positive or negatives
+        assert not set(negatives) & set(train.tolist())  # negatives from the training view (as BPR's)
+        assert not held_out & set(history + ([positive] if positive is not None else []))  # shown/positive
 
 
 def test_fit_moves_lora_and_projector_but_not_the_frozen_crm(tmp_path):
@@ -173,19 +185,21 @@ def test_save_then_load_gives_identical_scores(tmp_path, head):
     method, data = make(head, tmp_path / "run", ["method.max_epochs=1"])
     method.fit(data)
     users = np.arange(4)
-    items = np.stack([data.sequence(int(u))[-6:] for u in users])
-    before = method.score("test", users, items)
+    full = full_data()
+    items = np.stack([full.sequence(int(u))[-6:] for u in users])
+    hist = [full.history(int(u), "test") for u in users]
+    before = method.score(users, hist, items)
     files = {f.name for f in method.save(tmp_path / "ckpt")}
     assert {"adapter_model.safetensors", "projector.pt", "crm.pt"} <= files
     again, _ = make(head, tmp_path / "run2")
     again.crm = None  # load reads crm.pt
     again.load(tmp_path / "ckpt", data)
-    np.testing.assert_array_equal(again.score("test", users, items), before)
+    np.testing.assert_array_equal(again.score(users, hist, items), before)
     # The CRM vectors matter: a different CRM changes the scores.
     with torch.no_grad():
         again.crm.item_emb.weight.mul_(-1.0)
     again.soft.reset()
-    assert not np.array_equal(again.score("test", users, items), before)
+    assert not np.array_equal(again.score(users, hist, items), before)
 
 
 def test_resume_restores_the_projector(tmp_path):

@@ -34,7 +34,7 @@ def train(setup, crm_name, **over):
                      log_metrics=lambda m, step: logged.append((step, m)),
                      validate=lambda m: evaluator.evaluate(m, splits=["valid"], protocols=["full"]).metrics)
     method = registry.METHODS["baseline"].obj(cfg.method, ctx)
-    summary = method.fit(data)
+    summary = method.fit(data.train_view())
     return method, summary, logged, evaluator
 
 
@@ -96,7 +96,7 @@ def test_save_and_load_round_trip(setup, tmp_path):
     method.save(tmp_path)
     ctx = method.ctx
     fresh = registry.METHODS["baseline"].obj(ctx.cfg.method, ctx)
-    fresh.load(tmp_path, data)
+    fresh.load(tmp_path, data.train_view())
     a = evaluator.evaluate(method, splits=["test"]).metrics
     b = evaluator.evaluate(fresh, splits=["test"]).metrics
     assert a == b

@@ -80,9 +80,9 @@ def test_feature_mode_trains_the_adapter_and_keeps_the_text_frozen():
     frozen = enc.text.clone()
     adapter = {n: p.detach().clone() for n, p in enc.adapter.named_parameters()}
     ids_before = crm.item_emb.weight.detach().clone()
-    crm.setup(data)
+    crm.setup(data.train_view())
     crm.train()
-    crm.train_epoch(data, crm.make_optimizer(), np.random.default_rng(0), progress=False)
+    crm.train_epoch(data.train_view(), crm.make_optimizer(), np.random.default_rng(0), progress=False)
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in enc.adapter.parameters())
     assert all(not torch.equal(p, adapter[n]) for n, p in enc.adapter.named_parameters())
     assert not torch.equal(crm.item_emb.weight, ids_before)  # fuse_id: the ID table trains too
