@@ -9,13 +9,17 @@ Workload (synthetic, per user): ~256 history tokens, 20 candidates of ~16 tokens
   and its KV cache reused by one batched forward over all its candidates, LM head only where needed.
 * listwise: one prompt listing the 20 candidates, log-softmax over the index tokens at the answer position
   (LlamaRec). Its ratio is against the naive per-candidate scorer (naive likelihood): same candidates ranked.
-* pointwise: one prompt per (user, candidate), P(Yes) vs P(No) (TALLRec). Naive: one full forward per prompt.
+* pointwise: one prompt per (user, candidate), log-odds logit(Yes) - logit(No) (TALLRec; its sigmoid is
+  P(Yes) / (P(Yes) + P(No))). Naive: one full forward per prompt with full logits, the same difference.
+* ties: listwise and pointwise scores of the naive users by the model in bfloat16 and by the same weights in
+  float32, on the same inputs: how many negatives score exactly like the target (candidate 0; ties rank the
+  target low), and max |bf16 - fp32|. Meant for CUDA; it runs on CPU too (slowly in bf16).
 
 Models: ``tiny`` (2-layer hidden-32 random Llama and its tiny tokenizer, CPU-friendly), built-in random-weight
 presets with real shapes (``smollm2-135m``, ``llama-3.2-1b``; no download, the tiny tokenizer supplies valid
 ids), or ``--config`` (a local dir or hub id; random weights from the config, its tokenizer when available).
-Sections are functions in SECTIONS returning table rows: likelihood, listwise, pointwise and train (LoRA steps:
-naive HF+PEFT with full-vocabulary logits at every position vs our answer-position loss).
+Sections are functions in SECTIONS returning table rows: likelihood, listwise, pointwise, ties and train (LoRA
+steps: naive HF+PEFT with full-vocabulary logits at every position vs our answer-position loss).
 """
 from __future__ import annotations
 
@@ -107,7 +111,8 @@ def naive_likelihood(model, tok, prompts, candidates, device) -> tuple[list[np.n
 
 
 def naive_pointwise(model, tok, prompts, device, yes_no: list[int]) -> tuple[np.ndarray, int]:
-    """One full forward per prompt with full logits; softmax over the Yes/No tokens at the last position."""
+    """One full forward per prompt with full logits; log-odds logit(yes) - logit(no) at the last position, in
+    fp32 as ``Scorer.pointwise`` returns them (the model's own head rounds the logits to its dtype first)."""
     import torch
 
     out, tokens = [], 0
@@ -115,7 +120,7 @@ def naive_pointwise(model, tok, prompts, device, yes_no: list[int]) -> tuple[np.
         for prompt in prompts:
             ids = torch.tensor([tok(prompt)["input_ids"]], device=device)
             logits = model(ids).logits[0, -1].float()
-            out.append(torch.softmax(logits[yes_no], -1)[0].item())
+            out.append((logits[yes_no[0]] - logits[yes_no[1]]).item())
             tokens += ids.shape[1]
     return np.array(out), tokens
 
@@ -210,6 +215,43 @@ def section_pointwise(bench: Bench) -> list[dict]:
     return [naive_row, ours_row]
 
 
+def _target_ties(scores: np.ndarray) -> int:
+    """Negatives (columns 1..) scored exactly like their row's target (column 0)."""
+    return int((scores[:, 1:] == scores[:, :1]).sum())
+
+
+def section_ties(bench: Bench) -> list[dict]:
+    """Target/negative ties of listwise and pointwise scores on the naive users, the model in float32 vs in
+    bfloat16 (a copy of the weights in the other dtype; same inputs). "diff" is max |bf16 - fp32| over both."""
+    import copy
+
+    import torch
+
+    from llmrec_cli.llm.scoring import Scorer
+
+    w, k = bench.work, bench.naive_users
+    counts = [len(c) for c in w.candidates[:k]]
+    pointwise = w.pointwise_prompts[:sum(counts)]
+    if len(set(counts)) != 1:
+        raise ValueError("ties needs the same number of candidates per user")
+    rows, scores = [], {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = bench.model if bench.model.dtype == dtype else copy.deepcopy(bench.model).to(dtype)
+        scorer = Scorer(model, bench.tok, bench.device, batch_size=bench.args.batch_size)
+        (lists, points), secs = _timed(bench, lambda scorer=scorer: (
+            np.stack(scorer.listwise(w.listwise_prompts[:k], counts)),
+            scorer.pointwise(pointwise).reshape(k, counts[0])))
+        scores[name] = lists, points
+        row = _row("ties", name, 2 * sum(counts), secs, scorer.stats["tokens"])
+        row["ties"] = (f"ties/negatives: listwise {_target_ties(lists)}/{lists[:, 1:].size} "
+                       f"pointwise {_target_ties(points)}/{points[:, 1:].size}")
+        rows.append(row)
+        if model is not bench.model:
+            del model, scorer
+    rows[1]["diff"] = max(float(np.abs(a - b).max()) for a, b in zip(scores["bf16"], scores["fp32"], strict=True))
+    return rows
+
+
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -276,6 +318,7 @@ SECTIONS: dict[str, Callable[[Bench], list[dict]]] = {
     "likelihood": section_likelihood,
     "listwise": section_listwise,
     "pointwise": section_pointwise,
+    "ties": section_ties,
     "train": section_train,
 }
 
@@ -395,7 +438,7 @@ def main() -> int:
             ratio = f"{r['ratio']:.1f}x" if r["ratio"] is not None else ""
             diff = f"{r['diff']:.1e}" if r["diff"] is not None else ""
             print(f"{r['mode']:<11} {r['variant']:<11} {r['cands_s']:>10.1f} {r['tokens_s']:>11.0f} "
-                  f"{r['seconds']:>8.2f} {ratio:>10} {diff:>10}", flush=True)
+                  f"{r['seconds']:>8.2f} {ratio:>10} {diff:>10}  {r.get('ties', '')}".rstrip(), flush=True)
     return 0
 
 

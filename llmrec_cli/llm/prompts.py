@@ -2,19 +2,24 @@
 
 Templates are plain `str.format` strings with the fields below; the rendered template text, the verbalizer
 token ids and one example prompt are logged with every LLM run. Few-shot demonstrations come from other
-users' training data only (their last training item is the answer), never from valid/test targets.
+users' training data only (their last training item is the answer), never from valid/test targets: the
+builder reads a `TrainView` (llmrec_cli/data/views.py), and the history it shows is the one it is given.
 
 Fields: {noun} ("movie"), {nouns} ("movies"), {verb}/{verbed} ("watch"/"watched", else "choose"/"chosen"), {history} (one line per item), {candidate} (pointwise),
 {candidates} (listwise: one labelled line per candidate), {demos} (few-shot block, may be empty).
+
+Length: the history block keeps the last `max_history` items within `history_tokens`; then the whole prompt
+(chat template, BOS and `reserve` tokens for what follows it included) must fit `max_length`. A prompt that
+does not fit loses whole demonstrations first, then whole oldest history lines (at least one line stays),
+never the header, the question or the BOS. `stats` counts prompts, those shortened, the demonstrations,
+history lines and tokens dropped, and prompts still over the budget (the Scorer then cuts them, counted).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
-from llmrec_cli.data.prepare import PreparedData
 
 TEMPLATES = {
     "pointwise": (
@@ -51,9 +56,12 @@ def item_texts(items: pd.DataFrame) -> list[str]:
     return out
 
 
+STAT_KEYS = ("prompts", "shortened", "dropped_demos", "dropped_history_lines", "dropped_tokens", "over_budget")
+
+
 @dataclass
 class PromptBuilder:
-    data: PreparedData
+    data: object  # a TrainView: `items`, `n_users`, `train_sequence(u)`
     tokenizer: object
     noun: str = "item"
     max_history: int = 20
@@ -61,42 +69,74 @@ class PromptBuilder:
     use_chat_template: bool = True
     num_demos: int = 0
     seed: int = 0
+    max_length: int | None = None  # whole-prompt token budget (model.max_length); None: no limit
+    stats: dict = field(default_factory=lambda: dict.fromkeys(STAT_KEYS, 0))
 
     def __post_init__(self):
         self.texts = item_texts(self.data.items)
         self.chat = bool(self.use_chat_template and getattr(self.tokenizer, "chat_template", None))
+        self._demo_cache: dict[tuple[int, str], list[str]] = {}
+        self._text_tokens: dict[int, int] = {}
+
+    # ---- token counts ------------------------------------------------------------------------------
+    def _size(self, text: str, special: bool = False) -> int:
+        """Tokens of TEXT (with the prompt's special tokens when SPECIAL, never a doubled BOS)."""
+        if special:
+            from llmrec_cli.llm.scoring import encode_prompts
+
+            return len(encode_prompts(self.tokenizer, [text])[0])
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def candidate_tokens(self, items) -> int:
+        """The most tokens any of ITEMS' texts takes as a continuation (after the answer prefix)."""
+        most = 0
+        for i in items:
+            i = int(i)
+            if i not in self._text_tokens:
+                self._text_tokens[i] = self._size(self.answer_prefix + self.texts[i])
+            most = max(most, self._text_tokens[i])
+        return most
 
     # ---- pieces ------------------------------------------------------------------------------------
-    def history_lines(self, items: np.ndarray) -> str:
-        """The last `max_history` items, one per line, dropping the oldest until the token budget fits."""
-        lines = [f"- {self.texts[int(i)]}" for i in items[-self.max_history :]]
-        while len(lines) > 1 and len(self.tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]) \
-                > self.history_tokens:
+    def history_lines(self, items: np.ndarray) -> list[str]:
+        """The last `max_history` items, one line each, dropping the oldest until `history_tokens` fits."""
+        lines = [f"- {self.texts[int(i)]}" for i in items[-self.max_history :]] if self.max_history > 0 else []
+        while len(lines) > 1 and self._size("\n".join(lines)) > self.history_tokens:
             lines = lines[1:]
-        return "\n".join(lines)
+        return lines
 
     def candidate_block(self, items) -> str:
         if len(items) > len(LETTERS):
             raise ValueError(f"listwise prompts label at most {len(LETTERS)} candidates, got {len(items)}")
         return "\n".join(f"{LETTERS[k]}. {self.texts[int(i)]}" for k, i in enumerate(items))
 
-    def demos(self, user: int, kind: str) -> str:
+    def demo_blocks(self, user: int, kind: str) -> list[str]:
         """Few-shot demonstrations from other users' training sequences (their last training item answers)."""
         if self.num_demos <= 0:
-            return ""
-        rng = np.random.default_rng([self.seed, user])
-        pool = [v for v in rng.permutation(self.data.n_users) if v != user and len(self.data.train_sequence(int(v))) >= 3]
-        blocks = []
-        for v in pool[: self.num_demos]:
-            seq = self.data.train_sequence(int(v))
-            history, answer = self.history_lines(seq[:-1]), self.texts[int(seq[-1])]
-            if kind == "pointwise":
-                blocks.append(self._fill("pointwise", history=history, candidate=answer, demos="") + " Yes")
-            elif kind == "likelihood":
-                blocks.append(self._fill("likelihood", history=history, demos="") + f" {answer}")
-            else:
-                blocks.append(f"(Example) A user's {self.noun}s, most recent last:\n{history}\nNext: {answer}")
-        return "\n\n".join(blocks) + "\n\n"
+            return []
+        key = (int(user), kind)
+        if key not in self._demo_cache:
+            rng = np.random.default_rng([self.seed, user])
+            blocks = []
+            for v in rng.permutation(self.data.n_users):
+                if len(blocks) == self.num_demos:
+                    break
+                seq = self.data.train_sequence(int(v))
+                if v == user or len(seq) < 3:
+                    continue
+                history, answer = "\n".join(self.history_lines(seq[:-1])), self.texts[int(seq[-1])]
+                if kind == "pointwise":
+                    blocks.append(self._fill("pointwise", history=history, candidate=answer, demos="") + " Yes")
+                elif kind == "likelihood":
+                    blocks.append(self._fill("likelihood", history=history, demos="") + f" {answer}")
+                else:
+                    blocks.append(f"(Example) A user's {self.noun}s, most recent last:\n{history}\nNext: {answer}")
+            self._demo_cache[key] = blocks
+        return list(self._demo_cache[key])
+
+    def demos(self, user: int, kind: str) -> str:
+        blocks = self.demo_blocks(user, kind)
+        return "\n\n".join(blocks) + "\n\n" if blocks else ""
 
     def _fill(self, kind: str, **fields) -> str:
         verb, verbed = ("watch", "watched") if self.noun == "movie" else ("choose", "chosen")
@@ -115,17 +155,54 @@ class PromptBuilder:
         return "" if self.chat else " "
 
     # ---- prompts -----------------------------------------------------------------------------------
-    def pointwise(self, user: int, split: str, item: int) -> str:
-        history = self.history_lines(self.data.history(user, split))
-        return self.wrap(self._fill("pointwise", history=history, candidate=self.texts[int(item)],
-                                    demos=self.demos(user, "pointwise")))
+    def build(self, kind: str, user: int, history: np.ndarray, *, demos: bool = True, lead: str = "",
+              reserve: int = 1, **fields) -> str:
+        """The KIND prompt for USER showing HISTORY (LEAD: a line block before the history lines), fitted into
+        `max_length - reserve` tokens as the module docstring says."""
+        lines = self.history_lines(np.asarray(history))
+        blocks = self.demo_blocks(user, kind) if demos else []
 
-    def likelihood(self, user: int, split: str, items) -> tuple[str, list[str]]:
-        history = self.history_lines(self.data.history(user, split))
-        prompt = self.wrap(self._fill("likelihood", history=history, demos=self.demos(user, "likelihood")))
+        def render() -> str:
+            shown = "\n\n".join(blocks) + "\n\n" if blocks else ""
+            return self.wrap(self._fill(kind, history=lead + "\n".join(lines), demos=shown, **fields))
+
+        text = render()
+        self.stats["prompts"] += 1
+        if self.max_length is None:
+            return text
+        budget = int(self.max_length) - int(reserve)
+        first = n = self._size(text, special=True)
+        if n <= budget:
+            return text
+        dropped_demos = dropped_lines = 0
+        while n > budget and (blocks or len(lines) > 1):
+            if blocks:
+                blocks.pop()
+                dropped_demos += 1
+            else:
+                lines = lines[1:]
+                dropped_lines += 1
+            text = render()
+            n = self._size(text, special=True)
+        self.stats["shortened"] += 1
+        self.stats["dropped_demos"] += dropped_demos
+        self.stats["dropped_history_lines"] += dropped_lines
+        self.stats["dropped_tokens"] += first - n
+        self.stats["over_budget"] += int(n > budget)
+        return text
+
+    def pointwise(self, user: int, history: np.ndarray, item: int) -> str:
+        return self.build("pointwise", user, history, candidate=self.texts[int(item)])
+
+    def likelihood(self, user: int, history: np.ndarray, items) -> tuple[str, list[str]]:
+        prompt = self.build("likelihood", user, history, reserve=self.candidate_tokens(items))
         return prompt, [self.answer_prefix + self.texts[int(i)] for i in items]
 
-    def listwise(self, user: int, split: str, items) -> str:
-        history = self.history_lines(self.data.history(user, split))
-        return self.wrap(self._fill("listwise", history=history, candidates=self.candidate_block(items),
-                                    demos=self.demos(user, "listwise")))
+    def listwise(self, user: int, history: np.ndarray, items) -> str:
+        return self.build("listwise", user, history, candidates=self.candidate_block(items))
+
+    def stat_metrics(self, prefix: str = "prompt") -> dict[str, float]:
+        """`stats` as run metrics: `prompt/shortened`, `prompt/dropped_tokens`, ..., `prompt/shortened_share`."""
+        out = {f"{prefix}/{k}": float(v) for k, v in self.stats.items()}
+        out[f"{prefix}/shortened_share"] = self.stats["shortened"] / max(1, self.stats["prompts"])
+        return out

@@ -13,7 +13,16 @@ All scores come back as numpy float64. The engine is built for throughput withou
 * ``pointwise``/``listwise`` detect prompts that share a long token prefix (TALLRec: one user's history
   followed by each candidate) and encode that prefix once, then only the differing suffixes over its cache.
 
+Numerics: the LM head is computed in fp32 from the head's weights (``hidden.float() @ W.float().T``), for the
+needed vocabulary columns only in ``pointwise``/``listwise``, so a bf16/fp16 model's logits are not rounded to its
+dtype (rounding ties close target/negative scores, and ties rank the target low). ``pointwise`` returns log-odds,
+which do not saturate the way probabilities do.
+
 Prompts are text, or token-id lists already tokenised by the caller (used as given, special tokens included).
+Text prompts are tokenised by ``encode_prompts``: special tokens are added, except to texts that already start
+with the tokenizer's BOS text (chat-templated prompts), so no prompt starts with two BOS. Prompts longer than
+``max_length`` are cut from the left after their BOS as a last resort: counted in ``Scorer.stats`` and warned
+about once per Scorer (the prompt builder should fit prompts by dropping whole history lines).
 With ``embed_fn`` (soft tokens, quadrant 1) every forward passes ``inputs_embeds=embed_fn(ids)`` instead of
 ``input_ids``, on every path (plain batches, shared prefixes and their suffixes, likelihood candidates), so ids
 beyond the vocabulary can stand for vectors (CRM items/users) that ``embed_fn`` maps to the model's hidden size.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -32,7 +42,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Prompt", "Scorer", "left_pad", "right_pad"]
+__all__ = ["Prompt", "Scorer", "encode_prompts", "left_pad", "right_pad"]
+
+logger = logging.getLogger(__name__)
 
 #: A prompt: text, or token ids tokenised by the caller (special tokens included).
 Prompt = str | Sequence[int]
@@ -60,6 +72,57 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return _pad(seqs, pad_id, left=False)
 
 
+def encode_prompts(tokenizer, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+    """Token ids of each text, adding the tokenizer's special tokens (``special``) only where they are missing.
+
+    A text that already starts with the tokenizer's ``bos_token`` string (a chat template rendered with
+    ``tokenize=False`` starts with it, e.g. Llama-3's ``<|begin_of_text|>``) is tokenised with
+    ``add_special_tokens=False``: the template already wrote the special tokens it wants. Other texts get
+    ``add_special_tokens=special``. Guarantees: the order of TEXTS is kept, and no result starts with two BOS
+    ids (a leading run of BOS ids is cut to one). Tokenizers without a BOS behave as plain tokenisation.
+    """
+    texts = list(texts)
+    bos_text = getattr(tokenizer, "bos_token", None) if special else None
+    templated = [bool(bos_text) and t.startswith(bos_text) for t in texts]
+    ids: list[list[int]] = [[] for _ in texts]
+    for has_bos in (False, True):
+        rows = [i for i, flag in enumerate(templated) if flag == has_bos]
+        if rows:
+            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=special and not has_bos)["input_ids"]
+            for i, e in zip(rows, encoded, strict=True):
+                ids[i] = list(e)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        ids = [_one_bos(s, int(bos)) for s in ids]
+    return ids
+
+
+def _one_bos(ids: list[int], bos: int) -> list[int]:
+    """IDS with a leading run of BOS ids cut to one."""
+    start = 0
+    while start + 1 < len(ids) and ids[start] == bos and ids[start + 1] == bos:
+        start += 1
+    return ids[start:]
+
+
+def _cut_left(ids: list[int], width: int, bos: int | None) -> list[int]:
+    """The last ``width`` tokens of IDS, but a leading BOS stays first (the cut is right after it)."""
+    keep = ids[:1] if bos is not None and width > 1 and ids[0] == bos else []
+    return keep + ids[len(ids) - (width - len(keep)):]
+
+
+def _plain_linear(module) -> bool:
+    """Whether MODULE computes exactly ``F.linear(x, weight, bias)`` with a float weight we can read: an
+    ``nn.Linear`` (or subclass) with nn.Linear's own forward, no hooks, no replaced forward (accelerate), a
+    float weight that is not on the meta device. peft's LoRA layers, quantized layers and hooked heads are not."""
+    if not isinstance(module, torch.nn.Linear) or type(module).forward is not torch.nn.Linear.forward:
+        return False
+    if "forward" in vars(module) or module._forward_hooks or module._forward_pre_hooks:
+        return False
+    weight = module.weight
+    return weight.is_floating_point() and weight.device.type != "meta"
+
+
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -76,8 +139,10 @@ class Scorer:
             is ignored: the engine pads itself.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... or ``"auto"``.
         batch_size: sequences per forward for prompts (pointwise, listwise, embed, likelihood prompts).
-        max_length: prompts longer than this keep their LAST ``max_length`` tokens (the question and
-            answer cue are at the end).
+        max_length: a last resort: prompts longer than this keep their leading BOS (when they start with
+            the tokenizer's BOS id) and their LAST tokens (the question and answer cue are at the end), up to
+            ``max_length`` in all. Cuts are counted in ``stats`` and warned about once per Scorer; fit prompts
+            in the prompt builder instead (a left cut drops the chat header and instructions).
         candidate_batch_size: rows per forward over a cached prefix (``likelihood`` candidates, shared-prefix
             suffixes; default ``4 * batch_size``); prompts are grouped so that their rows fit in it.
         share_prefix: in ``pointwise``/``listwise``, prompts whose token ids share a prefix of at least this
@@ -85,8 +150,16 @@ class Scorer:
         embed_fn: optional ``ids [B, T] -> inputs_embeds [B, T, H]`` used instead of the model's own input
             embeddings (pads are ordinary token ids); it may map ids >= the vocabulary size to other vectors.
 
-    ``self.stats`` accumulates ``tokens`` (real, non-pad tokens fed to the model), ``forward_calls`` and
-    ``seconds`` across calls.
+    ``self.stats`` accumulates ``tokens`` (real, non-pad tokens fed to the model), ``forward_calls``,
+    ``seconds``, ``truncated_prompts`` (token lists cut to ``max_length``) and ``truncated_tokens`` (tokens
+    those cuts dropped) across calls; ``reset_stats()`` zeroes them.
+
+    LM head: a plain linear head (see ``_plain_linear``) is computed in fp32 from its weight (and bias), whatever
+    the model's dtype. ``likelihood`` needs the whole vocabulary: it keeps an fp32 copy of a non-fp32 head
+    weight (V x H x 4 bytes, e.g. 1 GiB for Llama-3.2-1B) for the Scorer's life, re-made when the weight tensor
+    changes (storage or in-place version). Any other head (a peft-wrapped ``lm_head`` with LoRA or
+    modules_to_save, a quantized or hooked layer) is called as a module and its output cast to fp32: its logits
+    keep the rounding of its dtype.
     """
 
     def __init__(self, model, tokenizer, device: str, batch_size: int = 16, max_length: int = 1024,
@@ -100,6 +173,8 @@ class Scorer:
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_length = int(max_length)
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be at least 1 token, not {max_length}")
         self.candidate_batch_size = max(1, int(candidate_batch_size or 4 * self.batch_size))
         self.share_prefix = int(share_prefix)
         self.embed_fn = embed_fn
@@ -115,7 +190,17 @@ class Scorer:
         config = getattr(self._lm, "config", None)
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self._logit_scale = getattr(config, "logit_scale", None)
-        self.stats = {"tokens": 0, "forward_calls": 0, "seconds": 0.0}
+        bos = getattr(tokenizer, "bos_token_id", None)
+        self._bos_id = int(bos) if bos is not None else None
+        self._weight32: torch.Tensor | None = None
+        self._weight32_key: tuple | None = None
+        self._warned_truncation = False
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Zero the counters of ``self.stats``."""
+        self.stats = {"tokens": 0, "forward_calls": 0, "seconds": 0.0, "truncated_prompts": 0,
+                      "truncated_tokens": 0}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -152,32 +237,84 @@ class Scorer:
         self.stats["tokens"] += int((new_mask if new_mask is not None else mask).sum())
         return out
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head on selected hidden states [..., H] -> fp32 logits [..., V]."""
-        if self._head_module is None:
+    def _head(self, hidden: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits [..., k] of vocabulary columns ``cols`` (all columns, [..., V], when None) from hidden
+        states [..., H], on hidden's device.
+
+        A plain linear head is computed as ``hidden.float() @ W[cols].float().T (+ bias[cols])``: no rounding to
+        the model's dtype, and only k columns of work. Other heads are called as modules and cast (see the
+        class docstring). ``logit_scale`` and ``final_logit_softcapping`` are applied after, as the model does.
+        """
+        module = self._head_module
+        if module is None:
             raise TypeError(f"{type(self._lm).__name__} has no LM head: only embed() works with it")
-        logits = self._head_module(hidden).float()
+        if _plain_linear(module):
+            weight, bias = module.weight, module.bias
+            x = hidden.to(weight.device).float()
+            if cols is None:
+                logits = x @ self._fp32_weight(weight).T
+            else:
+                cols = cols.to(weight.device)
+                logits = x @ weight[cols].float().T
+            if bias is not None:
+                logits = logits + (bias if cols is None else bias[cols]).float()
+            logits = logits.to(hidden.device)
+        else:
+            logits = module(hidden).float()
+            if cols is not None:
+                logits = logits[..., cols.to(logits.device)]
         if self._logit_scale is not None:
             logits = logits * self._logit_scale
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _fp32_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """WEIGHT in fp32: itself when it is fp32, else a cached copy, re-made when WEIGHT's storage, in-place
+        version, dtype or shape changed (training steps bump the version). Weights without a version counter
+        (inference tensors) are copied on every call."""
+        if weight.dtype == torch.float32:
+            return weight
+        try:
+            key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), weight.device)
+        except RuntimeError:  # inference tensors track no version: never trust a cached copy of them
+            return weight.detach().float()
+        if self._weight32 is None or self._weight32_key != key:
+            self._weight32 = None  # free the old copy before making the new one
+            self._weight32 = weight.detach().float()
+            self._weight32_key = key
+        return self._weight32
+
     def _encode(self, texts: Sequence[Prompt], special: bool = True) -> list[list[int]]:
-        """Token ids, each list cut to its last max_length tokens; prompts (``special``) must not be empty.
-        Token-id lists among TEXTS are taken as they are (the caller tokenised them)."""
+        """Token ids (text through ``encode_prompts``), each list fitted to max_length (``_fit``); prompts
+        (``special``) must not be empty. Token-id lists among TEXTS are taken as they are (the caller tokenised
+        them), but fitted too."""
+        ids = [None if isinstance(t, str) else list(t) for t in texts]
         strings = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        if len(strings) == len(texts):
-            ids = self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
-        else:
-            ids = [list(t) for t in texts]
-            if strings:
-                encoded = self.tokenizer([texts[i] for i in strings], add_special_tokens=special)["input_ids"]
-                for i, e in zip(strings, encoded, strict=True):
-                    ids[i] = e
+        if strings:
+            encoded = encode_prompts(self.tokenizer, [texts[i] for i in strings], special=special)
+            for i, e in zip(strings, encoded, strict=True):
+                ids[i] = e
         if special and any(len(s) == 0 for s in ids):
             raise ValueError("empty prompt: it has no token (and the tokenizer adds no BOS) to predict from")
-        return [list(s[-self.max_length:]) for s in ids]
+        return self._fit(ids)
+
+    def _fit(self, ids: list[list[int]]) -> list[list[int]]:
+        """IDS with every list longer than max_length cut by ``_cut_left`` (BOS kept, then the last tokens).
+        Cuts are added to ``stats`` (``truncated_prompts``, ``truncated_tokens``); the first one logs a warning."""
+        cut = [len(s) - self.max_length for s in ids if len(s) > self.max_length]
+        if not cut:
+            return ids
+        self.stats["truncated_prompts"] = self.stats.get("truncated_prompts", 0) + len(cut)
+        self.stats["truncated_tokens"] = self.stats.get("truncated_tokens", 0) + sum(cut)
+        if not self._warned_truncation:
+            self._warned_truncation = True
+            logger.warning("Scorer cut %d prompt(s) longer than max_length=%d, dropping %d token(s) from their start "
+                           "(after the BOS, which is kept: chat header, instructions, oldest history); fit prompts in "
+                           "the prompt builder instead (drop whole history lines). Further cuts are only counted "
+                           "in Scorer.stats['truncated_prompts'/'truncated_tokens'].",
+                           len(cut), self.max_length, sum(cut))
+        return [_cut_left(s, self.max_length, self._bos_id) if len(s) > self.max_length else s for s in ids]
 
     def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
         """Indices sorted by length (longest first), in chunks of batch_size: little padding per batch."""
@@ -239,7 +376,7 @@ class Scorer:
                 rows = [singles[b] for b in batch]
                 ids, mask = left_pad([encoded[r] for r in rows], self.pad_id)
                 hidden = self._forward(ids, mask, _positions(mask)).last_hidden_state[:, -1]
-                out[rows] = self._head(hidden)[:, cols].double().cpu().numpy()
+                out[rows] = self._head(hidden, cols).double().cpu().numpy()
             for pack in self._packs([len(g) for g, _ in shared]):
                 groups_here = [shared[p] for p in pack]
                 prefix = self._encode_prefixes([encoded[g[0]][:n] for g, n in groups_here])
@@ -250,7 +387,7 @@ class Scorer:
                     hidden, feed_mask = self._continue(prefix, owner, [f for _, _, f in chunk],
                                                        keep_cache=c < len(chunks) - 1)
                     last = hidden[torch.arange(len(chunk), device=self.device), feed_mask.sum(1) - 1]
-                    out[[i for _, i, _ in chunk]] = self._head(last)[:, cols].double().cpu().numpy()
+                    out[[i for _, i, _ in chunk]] = self._head(last, cols).double().cpu().numpy()
         return out
 
     # ------------------------------------------------------------------ public API
@@ -278,13 +415,16 @@ class Scorer:
         return ids
 
     def pointwise(self, prompts: Sequence[Prompt], yes: str = "Yes", no: str = "No", prefix: str = " ") -> np.ndarray:
-        """P(yes) / (P(yes) + P(no)) for the answer token right after each prompt (TALLRec), shape [n].
+        """Log-odds ``logit(yes) - logit(no)`` of the answer token right after each prompt (TALLRec), float64
+        shape [n].
 
-        ``prefix`` is what precedes the answer word (see ``verbalizer_ids``)."""
+        Its sigmoid is P(yes) / (P(yes) + P(no)), the softmax over the two answer tokens; the log-odds rank the
+        same way but do not saturate (two large odds would both be 1.0 as probabilities, and tie). Logits are
+        fp32 (see ``_head``). ``prefix`` is what precedes the answer word (see ``verbalizer_ids``)."""
         if not prompts:
             return np.zeros(0, dtype=np.float64)
         logits = self._last_logits(prompts, self.verbalizer_ids([yes, no], prefix))
-        return 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
+        return logits[:, 0] - logits[:, 1]
 
     def listwise(self, prompts: Sequence[Prompt], num_candidates: Sequence[int],
                  labels: Sequence[str] | None = None, prefix: str = " ") -> list[np.ndarray]:
@@ -313,6 +453,8 @@ class Scorer:
 
     def likelihood(self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Mean per-token log p(candidate | prompt) for each prompt's candidates; one array [C_i] per prompt.
+
+        The log-softmax is over the whole vocabulary, with the head in fp32 (see ``_head``).
 
         Candidates are tokenised on their own (no special tokens) and appended to the prompt's tokens, so
         include a leading space in the candidate text when the continuation should start with one.

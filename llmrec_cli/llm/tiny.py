@@ -2,6 +2,8 @@
 
 The tokenizer is trained on a fixed corpus of English words, digits and punctuation, so prompts with item
 titles tokenise into a realistic number of tokens and "Yes"/"No" and candidate indices are real tokens.
+``tiny_bos_tokenizer`` is the same vocabulary behaving like Llama-3's tokenizer: it prepends a BOS and has a chat
+template that starts with the BOS text, so code that tokenises templated prompts can be tested for doubled BOS.
 """
 from __future__ import annotations
 
@@ -36,6 +38,37 @@ def tiny_tokenizer():
                             trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = None
+    return fast
+
+
+#: A Llama-3 shaped chat template over plain-text headers: BOS text first, then one header + content +
+#: end-of-turn per message, and the assistant header as the generation prompt.
+BOS_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_bos_tokenizer():
+    """``tiny_tokenizer``'s vocabulary (same ids, so ``tiny_llama``'s model works with it) as a Llama-3 style
+    tokenizer: ``add_special_tokens=True`` prepends ``<s>`` (a TemplateProcessing post-processor; no EOS) and
+    ``chat_template`` is ``BOS_CHAT_TEMPLATE``, whose rendered text already starts with ``<s>``."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    plain = tiny_tokenizer()
+    tok = Tokenizer.from_str(plain.backend_tokenizer.to_str())
+    bos = plain.bos_token
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, plain.bos_token_id)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=plain.eos_token,
+                                   pad_token=plain.pad_token)
+    fast.chat_template = BOS_CHAT_TEMPLATE
+    assert fast.get_vocab() == plain.get_vocab(), "the BOS variant must keep the tiny vocabulary"
     return fast
 
 

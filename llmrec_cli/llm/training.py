@@ -323,13 +323,17 @@ class LoraTrainer:
 
 
 def encode(examples: Sequence[Example | tuple[str, str]], tokenizer, max_length: int) -> list[_Row]:
-    """Token ids per example: the prompt with special tokens (like the Scorer; token-id prompts as given), the
-    answer without; the prompt keeps its last tokens so that prompt + answer[:-1] fits in MAX_LENGTH."""
+    """Token ids per example: the prompt with special tokens exactly as the Scorer encodes it
+    (`scoring.encode_prompts`: no doubled BOS; token-id prompts as given), the answer without; prompts are fitted
+    by the prompt builder, and one still too long keeps its last tokens so that prompt + answer[:-1] fits in
+    MAX_LENGTH."""
+    from llmrec_cli.llm.scoring import encode_prompts
+
     examples = [e if isinstance(e, Example) else Example(*e) for e in examples]
     prompts = [None if isinstance(e.prompt, str) else list(e.prompt) for e in examples]
     texts = [i for i, p in enumerate(prompts) if p is None]
     if texts:
-        encoded = tokenizer([examples[i].prompt for i in texts], add_special_tokens=True)["input_ids"]
+        encoded = encode_prompts(tokenizer, [examples[i].prompt for i in texts])
         for i, ids in zip(texts, encoded, strict=True):
             prompts[i] = ids
     answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
