@@ -125,9 +125,43 @@ def data_info(ctx: typer.Context) -> None:
     console.print(table)
     q = prep["seq_len_quantiles"]
     console.print("sequence length quantiles (per user): " + ", ".join(f"q{float(k):g}={v:g}" for k, v in q.items()))
-    console.print("split: chronological leave-one-out (ties broken by file order): last item = test, "
-                  f"second last = valid; {data.n_users:,} users in each of valid and test")
+    console.print(_split_table(data, cfg.dataset))
     console.print(f"dataset hash {data.data_hash}; files: " + ", ".join(Path(p).name for p in data.stats["files"]))
+
+
+def _split_table(data, dataset_cfg):
+    """Both splits side by side (training interactions, evaluated users), the run's one marked."""
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+
+    from llmrec_cli.data.prepare import split_positions, split_stats
+
+    qs = tuple(dataset_cfg.get("split_time") or (0.8, 0.9))
+    table = Table(title="splits (dataset.split=loo|temporal; * = this config's, part of the dataset hash)",
+                  caption=f"loo: each user's last item is the test target, the second last the valid target (ties: "
+                          f"file order). temporal: train before the q{qs[0]:g} time quantile; targets are each "
+                          f"user's first item after the q{qs[0]:g} and q{qs[1]:g} cuts (dataset.split_time); "
+                          f"users without training data are not evaluated.", caption_justify="left")
+    for col in ("split", "train interactions", "users with training", "valid users", "test users", "cut"):
+        table.add_column(col, justify="left" if col in ("split", "cut") else "right")
+    for method in ("loo", "temporal"):
+        name = f"{method}{' *' if method == data.split else ''}"
+        if method == "temporal" and not data.stats.get("has_time", True):
+            table.add_row(name, "—", "—", "—", "—", "no timestamps: unavailable")
+            continue
+        *pos, info = split_positions(data.offsets, data.seq_times, method, qs)
+        st = split_stats(*pos)
+        if method == "loo":
+            cut = "per user: last, 2nd last"
+        else:
+            def day(t):
+                return datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%d") \
+                    if int(t) > 10**8 else str(int(t))
+            cut = f"{day(info['t_valid'])}, {day(info['t_test'])}"
+        table.add_row(name, f"{st['train_interactions']:,}", f"{st['users_with_training']:,}",
+                      f"{st['valid_users']:,}", f"{st['test_users']:,}", cut)
+    return table
 
 
 @app.command("config", context_settings=OVERRIDES)
@@ -187,10 +221,15 @@ _TAG = typer.Option(None, "--tag", help="Only runs with tag KEY=VALUE (repeatabl
 _STATUS = typer.Option(None, "--status", help="Only runs with this status: FINISHED, FAILED, KILLED, RUNNING "
                        "(repeatable; default: all are shown, only FINISHED runs enter the statistics).")
 _METRIC = typer.Option(None, "--metric", help="Metric to compare (repeatable; default: test/full/ndcg_10, "
-                       "test/full/hr_10, test/sampled/ndcg_10, test/pointwise/auc). The first one ranks.")
+                       "test/full/hr_10, test/sampled/ndcg_10, test/pointwise/gauc, test/like/auc). The first one "
+                       "ranks. {split}/pointwise/gauc is per-user AUC averaged over users (paired test); "
+                       "{split}/pointwise/auc and {split}/like/auc are pooled AUCs (no paired test).")
 _BASELINE = typer.Option(None, "--baseline", help="Reference: a group label, CRM or method name, or a run id "
                          "(default: sasrec, else the best group on the first metric).")
-_TEST = typer.Option("ttest", "--test", help="Paired test on per-user metrics: ttest, permutation or none.")
+_TEST = typer.Option("ttest", "--test", help="Paired test on per-user metrics (only runs on the same candidate "
+                     "set are paired): ttest, permutation or none.")
+_CORRECTION = typer.Option("holm", "--correction", help="Multiple-comparison correction of the paired tests, per "
+                           "metric and reference: holm (family-wise), bh (Benjamini-Hochberg FDR) or none.")
 _REEVALS = typer.Option(False, "--include-reevals", help="Include `llmrec eval` re-evaluations (source_run).")
 _LOG_TO_RUN = typer.Option(None, "--log-to-run", help="Also log the PNGs to this MLflow run "
                            "(default: $LLMREC_PARENT_RUN_ID when set).")
@@ -198,22 +237,28 @@ _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default
                              "else sqlite:///mlflow.db here).")
 
 
-def _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test, include_reevals):
+def _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test, include_reevals,
+                correction="holm"):
     from llmrec_cli.report.compare import build_comparison
     from llmrec_cli.report.select import Selection, parse_tag_filters, split_list
     from llmrec_cli.tracking import resolve_uri
 
     sel = Selection(experiments=split_list(experiment), parent=parent, dataset=split_list(dataset),
                     tags=parse_tag_filters(tag), statuses=split_list(status), include_reevals=include_reevals)
-    comp = build_comparison(resolve_uri(tracking_uri), sel, split_list(metric), baseline, test)
+    comp = build_comparison(resolve_uri(tracking_uri), sel, split_list(metric), baseline, test, correction)
     for note in comp.notes:
         typer.echo(f"note: {note}", err=True)
     return comp
 
 
 def _plots(comp, directory: Path, log_to_run: str | None) -> None:
-    from llmrec_cli.report.plots import write_plots
+    from llmrec_cli.report.plots import left_out_protocols, plot_protocols, write_plots
 
+    left_out = left_out_protocols(comp.rows)
+    if left_out:
+        shown = {r["protocol"] for r in comp.rows if plot_protocols(comp.rows)[r["dataset"]] == r["protocol_hash"]}
+        typer.echo(f"note: plots show one protocol per dataset ({'; '.join(sorted(shown))}); left out: "
+                   f"{'; '.join(left_out)} (select one with --tag protocol_hash=...)", err=True)
     paths = write_plots(comp, directory)
     typer.echo("wrote " + ", ".join(str(p) for p in paths), err=True)
     run_id = log_to_run or os.environ.get("LLMREC_PARENT_RUN_ID")
@@ -228,7 +273,8 @@ def _plots(comp, directory: Path, log_to_run: str | None) -> None:
 def compare(
     experiment: list[str] | None = _EXPERIMENT, parent: str | None = _PARENT, dataset: list[str] | None = _DATASET,
     tag: list[str] | None = _TAG, status: list[str] | None = _STATUS, metric: list[str] | None = _METRIC,
-    baseline: str | None = _BASELINE, test: str = _TEST, include_reevals: bool = _REEVALS,
+    baseline: str | None = _BASELINE, test: str = _TEST, correction: str = _CORRECTION,
+    include_reevals: bool = _REEVALS,
     fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json (a list of rows)."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write the PNG plots into this folder."),
     log_to_run: str | None = _LOG_TO_RUN, tracking_uri: str | None = _TRACKING_URI,
@@ -241,7 +287,7 @@ def compare(
 
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test,
-                       include_reevals)
+                       include_reevals, correction)
     out = render(comp, fmt)
     if isinstance(out, str):
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
@@ -273,19 +319,18 @@ def _print_results(summary) -> None:
 
     m = summary.metrics
     table = Table(title=f"{summary.run_name}  (run {summary.run_id})")
-    cols = ["hr_1", "hr_10", "ndcg_10", "mrr_10", "ndcg_20"]
-    table.add_column("split/protocol")
-    for c in [*cols, "auc", "users"]:
+    cols = ["hr_10", "ndcg_10", "mrr_10", "gauc", "auc"]  # every metric is in MLflow
+    table.add_column("split/protocol", no_wrap=True)
+    for c in [*cols, "users"]:
         table.add_column(c, justify="right")
     for split in ("valid", "test"):
-        for proto in ("sampled", "full", "pointwise"):
+        for proto in ("sampled", "full", "pointwise", "like"):
             key = f"{split}/{proto}"
             if not any(k.startswith(key + "/") for k in m):
                 continue
             vals = [f"{m[f'{key}/{c}']:.4f}" if f"{key}/{c}" in m else "" for c in cols]
-            auc = m.get(f"{key}/auc")
             users = m.get(f"{key}/n_users", m.get(f"{key}/n_samples"))
-            table.add_row(key, *vals, f"{auc:.4f}" if auc is not None else "", f"{users:.0f}" if users else "")
+            table.add_row(key, *vals, f"{users:.0f}" if users else "")
     console = _console()
     console.print(table)
     fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/", "cost/"))}

@@ -6,6 +6,11 @@
   baseline it beats on the first metric (pop < bpr < sasrec); the baselines sit in a side strip.
 - `pareto.png`: first metric vs cost (fit + eval seconds, or `cost/gpu_seconds`, per 1,000 users), log-x,
   with each dataset's Pareto frontier (cheaper and better) drawn and every point labelled.
+
+Protocols are never mixed: per dataset both plots show one protocol only, the one with the most finished runs
+(ties: the one listed first), and name it in the title; `left_out_protocols` lists the others (the CLI prints a
+note). To plot another one, select it (e.g. `--tag protocol_hash=...`). A group beats a baseline only if both
+were measured on the same protocol. The map's title names the metric its values and colours show.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ DEFAULT_SIZE = 60.0
 
 
 def write_plots(comp: Comparison, directory: str | Path) -> list[Path]:
-    """Write quadrant_map.png and pareto.png into DIRECTORY (created); returns their paths."""
+    """Write quadrant_map.png and pareto.png into DIRECTORY (created), one protocol per dataset (see the module
+    docstring); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,8 +58,37 @@ def marker_size(num_parameters: float | None) -> float:
     return float(min(1200.0, max(25.0, 60.0 * math.sqrt(num_parameters / 1e8))))
 
 
+def plot_protocols(rows: list[dict]) -> dict[str, str]:
+    """{dataset: protocol_hash} plotted per dataset: the protocol with the most finished runs, then the most runs,
+    then the first in row order."""
+    tally: dict[str, dict[str, tuple[int, int, int]]] = {}
+    for i, r in enumerate(rows):
+        per = tally.setdefault(r["dataset"], {})
+        finished, total, first = per.get(r["protocol_hash"], (0, 0, -i))
+        per[r["protocol_hash"]] = (finished + r["runs"]["finished"], total + sum(r["runs"].values()), first)
+    return {dataset: max(per, key=per.__getitem__) for dataset, per in tally.items()}
+
+
+def plot_rows(rows: list[dict]) -> list[dict]:
+    """The rows on their dataset's plotted protocol (see `plot_protocols`), in order."""
+    chosen = plot_protocols(rows)
+    return [r for r in rows if chosen[r["dataset"]] == r["protocol_hash"]]
+
+
+def left_out_protocols(rows: list[dict]) -> list[str]:
+    """Labels of the protocols the plots leave out, in row order."""
+    chosen = plot_protocols(rows)
+    return list(dict.fromkeys(r["protocol"] for r in rows if chosen[r["dataset"]] != r["protocol_hash"]))
+
+
+def protocol_title(rows: list[dict]) -> str:
+    """The plotted protocols' labels for a title ("protocol: ml-100k/5core/loo · 20c/943u")."""
+    labels = list(dict.fromkeys(r["protocol"] for r in rows))
+    return ("protocol: " if len(labels) == 1 else "protocols: ") + "; ".join(labels) if labels else "no runs"
+
+
 def strongest_beaten(row: dict, rows: list[dict], metric: str) -> str:
-    """The strongest baseline (pop < bpr < sasrec) of the row's dataset whose mean the row's mean beats."""
+    """The strongest baseline (pop < bpr < sasrec) of the row's dataset and protocol whose mean the row's beats."""
     mine = row["metrics"].get(metric, {})
     if not mine.get("n"):
         return "none"
@@ -61,7 +96,8 @@ def strongest_beaten(row: dict, rows: list[dict], metric: str) -> str:
     beaten = "none"
     for name in BASELINES:
         for b in rows:
-            if b["quadrant"] == "baseline" and b["group"] == name and b["dataset"] == row["dataset"]:
+            if (b["quadrant"] == "baseline" and b["group"] == name and b["dataset"] == row["dataset"]
+                    and b["protocol_hash"] == row["protocol_hash"]):
                 theirs = b["metrics"].get(metric, {})
                 if theirs.get("n") and sign * (mine["mean"] - theirs["mean"]) > 0:
                     beaten = name
@@ -96,7 +132,7 @@ def quadrant_map(comp: Comparison, path: Path) -> Path:
     from matplotlib.lines import Line2D
 
     metric = comp.metrics[0]
-    rows = comp.rows
+    rows = plot_rows(comp.rows)
     many = _many_datasets(rows)
     fig, (ax, side) = plt.subplots(1, 2, figsize=(13, 9), gridspec_kw={"width_ratios": [4, 1.5]})
     for q in CELLS:
@@ -109,7 +145,7 @@ def quadrant_map(comp: Comparison, path: Path) -> Path:
     ax.set_yticks([0.5, 1.5], ["frozen", "tuned"], rotation=90, va="center")
     ax.set_xlabel("conventional recommender (CRM) at inference", fontsize=11)
     ax.set_ylabel("LLM during training", fontsize=11)
-    ax.set_title(f"Where the LLM enters: {metric}", fontsize=13)
+    ax.set_title(f"Where the LLM enters — values: mean {metric} over seeds\n{protocol_title(rows)}", fontsize=12)
     _baseline_strip(side, rows, metric, many)
     colour_handles = [Line2D([], [], marker="o", linestyle="", markersize=9, markerfacecolor=c,
                              markeredgecolor="black", label=name) for name, c in BEAT_COLOURS.items()]
@@ -176,7 +212,7 @@ def _baseline_strip(ax, rows: list[dict], metric: str, many: bool) -> None:
 def bounded(metric: str) -> bool:
     """Rank and AUC metrics live in [0, 1]: their CI bars are clipped there (seed CIs with n=2 are huge)."""
     name = metric.rsplit("/", 1)[-1]
-    return name == "auc" or name.split("_")[0] in ("hr", "ndcg", "mrr", "recall", "precision")
+    return name in ("auc", "gauc") or name.split("_")[0] in ("hr", "ndcg", "mrr", "recall", "precision")
 
 
 def yerr(mean: float, ci: float, metric: str) -> list[list[float]]:
@@ -205,8 +241,9 @@ def pareto(comp: Comparison, path: Path) -> Path:
 
     metric = comp.metrics[0]
     better = higher_is_better(metric)
-    many = _many_datasets(comp.rows)
-    pts = [r for r in comp.rows if r["metrics"][metric]["n"] and r["cost_per_1k_users"] is not None
+    rows = plot_rows(comp.rows)
+    many = _many_datasets(rows)
+    pts = [r for r in rows if r["metrics"][metric]["n"] and r["cost_per_1k_users"] is not None
            and math.isfinite(r["cost_per_1k_users"])]
     fig, ax = plt.subplots(figsize=(10, 6.5))
     datasets = sorted({r["dataset"] for r in pts})
@@ -239,7 +276,8 @@ def pareto(comp: Comparison, path: Path) -> Path:
                    label="baseline (no LLM)" if q == "baseline" else f"quadrant {q}")
     ax.set_xlabel("cost: seconds per 1,000 users (fit + eval, or GPU seconds when logged; log scale)")
     ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds" + (", clipped to [0, 1])" if bounded(metric) else ")"))
-    ax.set_title(f"Quality vs cost: {metric}" + ("" if better else " (lower is better)"))
+    ax.set_title(f"Quality vs cost: {metric}" + ("" if better else " (lower is better)")
+                 + f"\n{protocol_title(rows)}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9, frameon=False)
     return _save(fig, path)

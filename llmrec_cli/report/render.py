@@ -1,7 +1,10 @@
 """Render a comparison: rich table (terminal), markdown, csv (one flat row per group) or json (list of rows).
 
-Cells read "mean ± CI half-width" with the paired-test p-value against the reference of the row's dataset;
-"*" marks p < 0.05 and "ref" the reference row itself. NaN prints as "—" (null in json).
+Every format shows per row its protocol label (`protocol`), the users it was evaluated on (`users`) and the
+sampled candidates per user (`cands`); rows on different protocols are never averaged together. Cells read
+"mean ± CI half-width" with the paired-test p-value against the reference of the row's dataset and protocol,
+adjusted for multiple comparisons (csv and json also hold the raw one, `p_raw`); "*" marks adjusted p < 0.05 and
+"ref" the reference row itself. The caption names the test and the correction. NaN prints as "—" (null in json).
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import math
 
 from llmrec_cli.report.compare import ALPHA, Comparison
+from llmrec_cli.report.stats import CORRECTION_NAMES
 
 FORMATS = ("table", "markdown", "csv", "json")
 TEST_NAMES = {"ttest": "paired t-test", "permutation": "paired permutation test", "none": "no test"}
@@ -34,6 +38,10 @@ def fmt_mean(stats: dict) -> str:
     return f"{fmt_num(stats['mean'])} ± {fmt_num(stats['ci95'])}"
 
 
+def fmt_count(n) -> str:
+    return "—" if n is None else str(n)
+
+
 def fmt_runs(counts: dict) -> str:
     """"3" when all finished, else "2 ok, 1 failed" (non-zero statuses only)."""
     shown = {k: v for k, v in counts.items() if v}
@@ -43,17 +51,24 @@ def fmt_runs(counts: dict) -> str:
 
 
 def caption(comp: Comparison) -> str:
-    refs = sorted({f"{r['reference']}" + (f" ({r['dataset']})" if _many_datasets(comp) else "")
+    """What the cells mean: seeds averaged within one protocol, the test, its reference(s) and the correction."""
+    refs = sorted({f"{r['reference']}" + (f" ({r['protocol']})" if _many_protocols(comp) else "")
                    for r in comp.rows if r["is_reference"]})
-    parts = ["mean ± 95% CI half-width over seeds (Student t; — for one run)",
-             f"p: {TEST_NAMES[comp.test]} on per-user metrics (seed-averaged) vs "
-             + (", ".join(refs) if refs else "no reference"),
-             f"* p < {ALPHA:g}", "only FINISHED runs enter the statistics"]
+    correction = CORRECTION_NAMES.get(comp.correction, comp.correction)
+    adjusted = (f"{correction}-adjusted per metric and reference (raw p in csv/json)" if comp.correction != "none"
+                else "not adjusted for multiple comparisons")
+    parts = ["one row per group and protocol (dataset/kcore/split · candidates/users): seeds are averaged only "
+             "within a protocol",
+             "mean ± 95% CI half-width over seeds (Student t; — for one run)",
+             f"p: {TEST_NAMES[comp.test]} on per-user metrics of runs on the same candidate sets (seed-averaged) vs "
+             + (", ".join(refs) if refs else "no reference") + f", {adjusted}",
+             f"* {'adjusted ' if comp.correction != 'none' else ''}p < {ALPHA:g}",
+             "only FINISHED runs enter the statistics"]
     return "; ".join(parts)
 
 
-def _many_datasets(comp: Comparison) -> bool:
-    return len({r["dataset"] for r in comp.rows}) > 1
+def _many_protocols(comp: Comparison) -> bool:
+    return len({r["protocol_hash"] for r in comp.rows}) > 1
 
 
 def _has_errors(comp: Comparison) -> bool:
@@ -81,15 +96,17 @@ def to_json(comp: Comparison) -> str:
 
 
 def flat_rows(comp: Comparison) -> list[dict]:
-    """One flat dict per group: identity, run counts, then `{metric}.{mean,std,ci95,n,p,significant}`."""
+    """One flat dict per row: identity and protocol (protocol, protocol_hash, users, cands), run counts, then
+    `{metric}.{mean,std,ci95,n,p_raw,p,significant,n_users,n_candidate_sets}`."""
     out = []
     for r in to_records(comp):
-        flat = {k: r[k] for k in ("group", "dataset", "quadrant", "method", "model", "crm")}
+        flat = {k: r[k] for k in ("group", "dataset", "protocol", "protocol_hash", "users", "cands", "quadrant",
+                                  "method", "model", "crm")}
         flat.update({f"n_{k}": v for k, v in r["runs"].items()})
         flat.update(error=r["error"], reference=r["reference"], is_reference=r["is_reference"],
                     num_parameters=r["num_parameters"], cost_per_1k_users=r["cost_per_1k_users"])
         for m, s in r["metrics"].items():
-            for key in ("mean", "std", "ci95", "n", "p", "significant"):
+            for key in ("mean", "std", "ci95", "n", "p_raw", "p", "significant", "n_users", "n_candidate_sets"):
                 flat[f"{m}.{key}"] = s[key]
         out.append(flat)
     return out
@@ -108,7 +125,8 @@ def to_csv(comp: Comparison) -> str:
 
 
 def _cells(comp: Comparison, r: dict, sep: str) -> list[str]:
-    cells = [r["group"], r["dataset"], fmt_runs(r["runs"])]
+    cells = [r["group"], r["dataset"], r["protocol"], fmt_count(r["users"]), fmt_count(r["cands"]),
+             fmt_runs(r["runs"])]
     for m in comp.metrics:
         s = r["metrics"][m]
         p = fmt_p(s, r["is_reference"]) if s.get("n") else "—"
@@ -119,7 +137,12 @@ def _cells(comp: Comparison, r: dict, sep: str) -> list[str]:
 
 
 def _headers(comp: Comparison) -> list[str]:
-    return ["group", "dataset", "runs", *comp.metrics, *(["error"] if _has_errors(comp) else [])]
+    return ["group", "dataset", "protocol", "users", "cands", "runs", *comp.metrics,
+            *(["error"] if _has_errors(comp) else [])]
+
+
+def _right_aligned(comp: Comparison, header: str) -> bool:
+    return header in comp.metrics or header in ("users", "cands", "runs")
 
 
 def to_markdown(comp: Comparison) -> str:
@@ -127,7 +150,7 @@ def to_markdown(comp: Comparison) -> str:
         return text.replace("|", "\\|").replace("*", "\\*")
 
     heads = _headers(comp)
-    align = ["---:" if h in comp.metrics or h == "runs" else "---" for h in heads]
+    align = ["---:" if _right_aligned(comp, h) else "---" for h in heads]
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in _cells(comp, r, " ")) + " |" for r in comp.rows]
     return "\n".join(lines) + f"\n\n{esc(caption(comp))}\n"
@@ -139,8 +162,7 @@ def rich_table(comp: Comparison):
     table = Table(title=f"llmrec compare  ({len(comp.runs)} runs, {len(comp.rows)} groups)",
                   caption=caption(comp), caption_justify="left")
     for h in _headers(comp):
-        right = h in comp.metrics or h == "runs"
-        table.add_column(h, justify="right" if right else "left", overflow="fold")
+        table.add_column(h, justify="right" if _right_aligned(comp, h) else "left", overflow="fold")
     for r in comp.rows:
         style = "bold" if r["is_reference"] else ("dim" if r["runs"]["finished"] == 0 else None)
         table.add_row(*_cells(comp, r, "\n"), style=style)

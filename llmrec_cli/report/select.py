@@ -3,14 +3,26 @@
 Works on the DataFrame of `mlflow.search_runs` (columns `run_id`, `status`, `tags.*`, `params.*`, `metrics.*`),
 so every function here is pure and testable on a hand-made frame.
 
-A group is (quadrant, method, model, crm, variant, dataset); its label is the CRM name for baselines ("pop",
-"bpr", "sasrec") and "q3/zero_shot/smollm2" (plus the CRM where one is used at inference) for the quadrants.
-The variant separates settings that make a different method out of the same one (read from the run's params):
-`method.scoring`, `method.mode`, `method.head`, `method.num_samples` (few-shot sizes) and
+A group is (quadrant, method, model, crm, variant, dataset, protocol); its label is the CRM name for baselines
+("pop", "bpr", "sasrec") and "q3/zero_shot/smollm2" (plus the CRM where one is used at inference) for the
+quadrants. The variant separates settings that make a different method out of the same one (read from the run's
+params): `method.scoring`, `method.mode`, `method.head`, `method.num_samples` (few-shot sizes) and
 `candidates.source=crm_topk`, e.g. "q3/zero_shot/smollm2 [scoring=likelihood]".
+
+The protocol keeps incomparable runs apart: only runs with equal `protocol_hash` (a tag: the prepared data and
+every evaluation setting except the seed) are seeds of one row; runs on two protocols are two rows, never one
+mean. Its label (tag `protocol`, e.g. "ml-100k/5core/loo · 20c/943u": dataset/kcore/split · candidates per
+user/evaluated users) is shown per row, with " #3fa2" (the hash's start) appended where two protocols would
+read the same. Runs logged before these tags get both from what they have (see `run_protocol`). The candidate
+set (tag `candidate_set_hash`) differs between seeds by design and is not part of the group: it decides which
+runs the paired tests may pair (see compare.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from llmrec_cli.errors import ConfigError
@@ -21,6 +33,12 @@ VARIANT_PARAMS = ("scoring", "mode", "head", "num_samples")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 QUADRANT_ORDER = {"baseline": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 BASELINE_ORDER = {"pop": 0, "bpr": 1, "sasrec": 2}
+#: What decides a protocol for runs without the `protocol_hash` tag (besides tag `dataset_hash`): MLflow params.
+PROTOCOL_PARAMS = ("dataset.name", "dataset.kcore", "dataset.min_rating", "dataset.split", "dataset.split_time",
+                   "eval.num_negatives", "eval.negative_sampling", "eval.pointwise_negatives", "eval.like_threshold",
+                   "eval.max_users")
+#: Metrics that count the evaluated users of runs without the `n_eval_users` tag, first found wins.
+USER_COUNT_METRICS = ("test/sampled/n_users", "test/full/n_users")
 
 
 @dataclass
@@ -121,21 +139,135 @@ def run_variant(row) -> str:
     source = row.get("params.candidates.source")
     if isinstance(source, str) and source not in ("", "None", "sampled"):
         parts.append(f"candidates={source}")
+    perms = row.get("params.eval.permutations")  # listwise prompt orders averaged: an inference setting
+    if isinstance(perms, str) and perms not in ("", "None", "1"):
+        parts.append(f"permutations={perms}")
     return ",".join(parts)
 
 
+def text(value) -> str | None:
+    """A tag, param or metric cell as a stripped string; None when missing (None, NaN, "")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    out = str(value).strip()
+    return out or None
+
+
+def count(value) -> int | None:
+    """A count from a cell ("943", "943.0", 943.0) as an int; None when missing or not a number ("None")."""
+    try:
+        x = float(text(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return int(x) if math.isfinite(x) else None
+
+
+def run_n_candidates(row) -> int | None:
+    """Sampled-protocol candidates per user: tag `n_candidates`, else param `eval.num_negatives` + 1."""
+    tagged = count(row.get("tags.n_candidates"))
+    if tagged is not None:
+        return tagged
+    negatives = count(row.get("params.eval.num_negatives"))
+    return None if negatives is None else negatives + 1
+
+
+def run_n_eval_users(row) -> int | None:
+    """Users evaluated on the test split: tag `n_eval_users`, else metric test/sampled/n_users or test/full/n_users."""
+    for key in ("tags.n_eval_users", *(f"metrics.{m}" for m in USER_COUNT_METRICS)):
+        n = count(row.get(key))
+        if n is not None:
+            return n
+    return None
+
+
+def fallback_protocol_hash(row) -> str:
+    """For runs without tag `protocol_hash`: a hash of tag `dataset_hash` and the PROTOCOL_PARAMS (split absent
+    means loo). Equal settings give equal hashes; it never equals a tagged run's hash, so old and new runs stay
+    apart unless their labels say they match (they still show as two rows, see `protocol_labels`)."""
+    settings = {"dataset_hash": text(row.get("tags.dataset_hash")),
+                **{key: text(row.get(f"params.{key}")) for key in PROTOCOL_PARAMS}}
+    settings["dataset.split"] = settings["dataset.split"] or "loo"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return "legacy-" + digest[:12]
+
+
+def fallback_protocol_label(row) -> str:
+    """"ml-100k/5core/loo · 20c/943u" from params (dataset.name, dataset.kcore, dataset.split), the candidate and
+    user counts; "?" where a count is unknown, no kcore part when there is no k-core."""
+    name = text(row.get("params.dataset.name")) or text(row.get("tags.dataset")) or "?"
+    kcore = count(row.get("params.dataset.kcore"))
+    split = text(row.get("params.dataset.split")) or "loo"
+    parts = [name, *([f"{kcore}core"] if kcore else []), split]
+    cands, users = run_n_candidates(row), run_n_eval_users(row)
+    return "/".join(parts) + f" · {'?' if cands is None else cands}c/{'?' if users is None else users}u"
+
+
+def run_protocol(row) -> tuple[str, str]:
+    """(protocol hash, label) of a run: tags `protocol_hash` and `protocol`, else the fallbacks above."""
+    phash = text(row.get("tags.protocol_hash")) or fallback_protocol_hash(row)
+    return phash, text(row.get("tags.protocol")) or fallback_protocol_label(row)
+
+
+def protocol_labels(hashes: list[str], labels: list[str]) -> list[str]:
+    """The labels, with " #<start of the hash>" appended wherever one label stands for several hashes; the
+    suffix grows from 4 characters until those hashes read apart, so two protocols never show alike."""
+    by_label: dict[str, set[str]] = {}
+    for h, lab in zip(hashes, labels, strict=True):
+        by_label.setdefault(lab, set()).add(h)
+    suffix: dict[tuple[str, str], str] = {}
+    for lab, group in by_label.items():
+        if len(group) < 2:
+            continue
+        stems = [h.removeprefix("legacy-") for h in group]
+        width = 4
+        while len({s[:width] for s in stems}) < len(stems) and width < max(map(len, stems)):
+            width += 1
+        suffix.update({(lab, h): f"{lab} #{s[:width]}" for h, s in zip(group, stems, strict=True)})
+    return [suffix.get((lab, h), lab) for h, lab in zip(hashes, labels, strict=True)]
+
+
 def add_groups(df):
-    """Add the group columns (quadrant, method, model, crm, dataset, variant) and `group` (the label)."""
+    """Add the group columns (quadrant, method, model, crm, dataset, variant), `group` (the label) and the
+    protocol columns: `protocol_hash`, `protocol` (its label, unique per hash), `n_eval_users`, `n_candidates`,
+    plus `candidate_set_hash` (None when not logged) and `seed` ("?" when not logged)."""
     df = df.copy()
     for key in GROUP_KEYS:
         default = "none" if key in ("model", "crm") else "?"
         df[key] = column(df, f"tags.{key}").fillna(default).astype(str)
-    df["variant"] = [run_variant(row) for _, row in df.iterrows()] if len(df) else []
+    rows = [row for _, row in df.iterrows()]
+    df["variant"] = [run_variant(row) for row in rows]
     df["group"] = [group_label(q, m, mo, c, v) for q, m, mo, c, v in
                    zip(df["quadrant"], df["method"], df["model"], df["crm"], df["variant"], strict=True)]
+    protocols = [run_protocol(row) for row in rows]
+    df["protocol_hash"] = [h for h, _ in protocols]
+    df["protocol"] = protocol_labels([h for h, _ in protocols], [lab for _, lab in protocols])
+    df["n_eval_users"] = pd_counts([run_n_eval_users(row) for row in rows], df.index)
+    df["n_candidates"] = pd_counts([run_n_candidates(row) for row in rows], df.index)
+    df["candidate_set_hash"] = [text(row.get("tags.candidate_set_hash")) for row in rows]
+    df["seed"] = [text(row.get("tags.seed")) or "?" for row in rows]
     return df
 
 
-def group_sort_key(quadrant: str, crm: str, label: str, dataset: str) -> tuple:
-    """Rows: per dataset, baselines first (pop, bpr, sasrec), then quadrants 1-4, then by label."""
-    return (dataset, QUADRANT_ORDER.get(quadrant, 9), BASELINE_ORDER.get(crm, 9), label)
+def pd_counts(values: list[int | None], index):
+    """Counts as an object Series (ints and None, never floats with NaN)."""
+    import pandas as pd
+
+    return pd.Series(values, index=index, dtype=object)
+
+
+def common_count(values) -> int | None:
+    """The most common known count among `values` (None when none is known)."""
+    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return int(Counter(known).most_common(1)[0][0]) if known else None
+
+
+def seed_list(seeds) -> str:
+    """"0,1,2": distinct seeds, numeric ones in numeric order."""
+    distinct = set(map(str, seeds))
+    return ",".join(sorted(distinct, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit()
+                                                    else 0, s)))
+
+
+def group_sort_key(quadrant: str, crm: str, label: str, dataset: str, protocol: str = "") -> tuple:
+    """Rows: per dataset and protocol, baselines first (pop, bpr, sasrec), then quadrants 1-4, then by label."""
+    return (dataset, protocol, QUADRANT_ORDER.get(quadrant, 9), BASELINE_ORDER.get(crm, 9), label)

@@ -132,6 +132,7 @@ def test_data_info_and_ls_and_config(work):
     path, _ = work
     p = llmrec("data", "info", "dataset=ml-100k", f"dataset.path={FIXTURES / 'ml-100k'}", "dataset.kcore=0", cwd=path)
     assert "raw" in p.stdout and "prepared" in p.stdout and "quantiles" in p.stdout
+    assert "loo *" in p.stdout and "temporal" in p.stdout  # both splits, this config's marked
     p = llmrec("ls", cwd=path)
     for name in ("ml-100k", "ml-1m", "synthetic", "csv", "atomic", "amazon-scientific", "pop", "bpr", "sasrec"):
         assert name in p.stdout

@@ -53,19 +53,29 @@ def test_json_is_valid_and_only_json_on_stdout(store):
     m = bpr["metrics"]["test/full/ndcg_10"]
     assert m["n"] == 3 and 0 <= m["mean"] <= 1 and m["ci95"] >= 0
     assert 0 <= m["p"] <= 1 and m["n_users"] > 0
-    assert bpr["metrics"]["test/pointwise/auc"]["p"] is None  # AUC is not per user: no paired test
+    assert m["n_candidate_sets"] == 3  # each seed's candidate set is shared by pop and bpr
+    assert m["p"] == pytest.approx(m["p_raw"])  # a family of one test: Holm leaves it as is
+    assert pop["protocol"] == bpr["protocol"] and pop["protocol_hash"] == bpr["protocol_hash"]
+    assert bpr["users"] > 0 and bpr["cands"] > 1
+    gauc = bpr["metrics"]["test/pointwise/gauc"]  # per-user AUC: paired once the evaluator logs it
+    assert not gauc["n"] or (gauc["n_users"] > 0 and 0 <= gauc["p_raw"] <= 1)
+    assert bpr["metrics"]["test/like/auc"]["p"] is None  # pooled AUC: not per user, no paired test
 
 
 def test_markdown_csv_and_selection_options(store):
     path, env = store
     md = llmrec("compare", "--format", "markdown", "--metric", "test/full/ndcg_10", "--metric", "test/full/mrr_10",
-                "--test", "permutation", cwd=path, env_extra=env).stdout
-    assert md.startswith("| group | dataset | runs | test/full/ndcg_10 | test/full/mrr_10 |")
-    assert "permutation" in md
+                "--test", "permutation", "--correction", "bh", cwd=path, env_extra=env).stdout
+    assert md.startswith("| group | dataset | protocol | users | cands | runs | test/full/ndcg_10 | test/full/mrr_10 |")
+    assert "permutation" in md and "Benjamini-Hochberg" in md
+    bad = llmrec("compare", "--correction", "bonferroni", cwd=path, env_extra=env, check=False)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert "--correction" in bad.stderr and "holm, bh, none" in bad.stderr
     text = llmrec("compare", "--format", "csv", "--tag", "crm=bpr", "--status", "FINISHED", cwd=path,
                   env_extra=env).stdout
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["group"] for r in rows] == ["bpr"] and rows[0]["n_finished"] == "3"
+    assert rows[0]["protocol"].startswith("synthetic") and int(rows[0]["users"]) > 0 and int(rows[0]["cands"]) > 1
     bad = llmrec("compare", "--dataset", "ml-1m", cwd=path, env_extra=env, check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no runs match") and len(bad.stderr.splitlines()) == 1
 
@@ -91,3 +101,16 @@ def test_empty_store_is_a_one_line_error(tmp_path):
     p = llmrec("compare", cwd=tmp_path, env_extra={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"},
                check=False)
     assert p.returncode == 1 and p.stderr.startswith("error: no MLflow store") and not p.stdout
+
+
+def test_runs_on_two_protocols_are_two_rows_end_to_end(tmp_path):
+    """A 20-candidate all-user run and a 50-candidate 30-user run of the same method are never one mean."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "LLMREC_PARENT_RUN_ID": ""}
+    llmrec("train", "quadrant=baseline", "crm=pop", *QUICK, cwd=tmp_path, env_extra=env)
+    llmrec("train", "quadrant=baseline", "crm=pop", *QUICK, "eval.num_negatives=49", "eval.max_users=30",
+           cwd=tmp_path, env_extra=env)
+    rows = json.loads(llmrec("compare", "--format", "json", cwd=tmp_path, env_extra=env).stdout)
+    pop = [r for r in rows if r["group"] == "pop"]
+    assert len(pop) == 2 and len({r["protocol_hash"] for r in pop}) == 2
+    assert sorted((r["cands"], r["users"]) for r in pop)[1] == (50, 30)
+    assert all(r["metrics"]["test/sampled/ndcg_10"]["n"] == 1 for r in pop)
