@@ -54,14 +54,16 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     """Yield, batch by batch, [(prompt index, generated text)]; longest prompts first.
 
     With `add_special_tokens` the tokenizer's special tokens are added except a BOS the prompt text already
-    starts with (a chat template's), so no prompt ever begins with two BOS (`scoring.encode_prompts`).
+    starts with (a chat template's), so no prompt ever begins with two BOS (`tokens.encode_prompts`).
     """
-    from llmrec_cli.llm.scoring import encode_prompts
+    from llmrec_cli.llm.tokens import cut_left, encode_prompts
 
     stats = stats if stats is not None else GenerationStats()
     pad_id, eos = _pad_id(tokenizer), _eos_ids(model, tokenizer)
     device = next(model.parameters()).device
-    encoded = [list(ids[-max_length:]) for ids in encode_prompts(tokenizer, list(prompts), special=add_special_tokens)]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    encoded = [cut_left(ids, max_length, bos) if len(ids) > max_length else ids
+               for ids in encode_prompts(tokenizer, list(prompts), special=add_special_tokens)]
     if any(not ids for ids in encoded):
         raise ValueError("empty prompt: it has no token to generate from")
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from llmrec_cli.llm.tokens import encode_prompts
+
 TEMPLATES = {
     "pointwise": (
         "{demos}A user has {verbed} these {nouns}, most recent last:\n{history}\n"
@@ -82,8 +84,6 @@ class PromptBuilder:
     def _size(self, text: str, special: bool = False) -> int:
         """Tokens of TEXT (with the prompt's special tokens when SPECIAL, never a doubled BOS)."""
         if special:
-            from llmrec_cli.llm.scoring import encode_prompts
-
             return len(encode_prompts(self.tokenizer, [text])[0])
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

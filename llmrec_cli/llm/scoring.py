@@ -33,16 +33,17 @@ Heads with post-processing are handled for the two known cases (``final_logit_so
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["Prompt", "Scorer", "encode_prompts", "left_pad", "right_pad"]
+from llmrec_cli.llm.prefix import Prefix, select_cache, shared_prefix_groups
+from llmrec_cli.llm.tokens import cut_left, encode_prompts
+
+__all__ = ["Prompt", "Scorer", "left_pad", "right_pad"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,45 +71,6 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of shape [n, max_len], sequences aligned to the left."""
     return _pad(seqs, pad_id, left=False)
-
-
-def encode_prompts(tokenizer, texts: Sequence[str], special: bool = True) -> list[list[int]]:
-    """Token ids of each text, adding the tokenizer's special tokens (``special``) only where they are missing.
-
-    A text that already starts with the tokenizer's ``bos_token`` string (a chat template rendered with
-    ``tokenize=False`` starts with it, e.g. Llama-3's ``<|begin_of_text|>``) is tokenised with
-    ``add_special_tokens=False``: the template already wrote the special tokens it wants. Other texts get
-    ``add_special_tokens=special``. Guarantees: the order of TEXTS is kept, and no result starts with two BOS
-    ids (a leading run of BOS ids is cut to one). Tokenizers without a BOS behave as plain tokenisation.
-    """
-    texts = list(texts)
-    bos_text = getattr(tokenizer, "bos_token", None) if special else None
-    templated = [bool(bos_text) and t.startswith(bos_text) for t in texts]
-    ids: list[list[int]] = [[] for _ in texts]
-    for has_bos in (False, True):
-        rows = [i for i, flag in enumerate(templated) if flag == has_bos]
-        if rows:
-            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=special and not has_bos)["input_ids"]
-            for i, e in zip(rows, encoded, strict=True):
-                ids[i] = list(e)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None:
-        ids = [_one_bos(s, int(bos)) for s in ids]
-    return ids
-
-
-def _one_bos(ids: list[int], bos: int) -> list[int]:
-    """IDS with a leading run of BOS ids cut to one."""
-    start = 0
-    while start + 1 < len(ids) and ids[start] == bos and ids[start + 1] == bos:
-        start += 1
-    return ids[start:]
-
-
-def _cut_left(ids: list[int], width: int, bos: int | None) -> list[int]:
-    """The last ``width`` tokens of IDS, but a leading BOS stays first (the cut is right after it)."""
-    keep = ids[:1] if bos is not None and width > 1 and ids[0] == bos else []
-    return keep + ids[len(ids) - (width - len(keep)):]
 
 
 def _plain_linear(module) -> bool:
@@ -314,7 +276,7 @@ class Scorer:
                            "the prompt builder instead (drop whole history lines). Further cuts are only counted "
                            "in Scorer.stats['truncated_prompts'/'truncated_tokens'].",
                            len(cut), self.max_length, sum(cut))
-        return [_cut_left(s, self.max_length, self._bos_id) if len(s) > self.max_length else s for s in ids]
+        return [cut_left(s, self.max_length, self._bos_id) if len(s) > self.max_length else s for s in ids]
 
     def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
         """Indices sorted by length (longest first), in chunks of batch_size: little padding per batch."""
@@ -340,14 +302,14 @@ class Scorer:
         step = self.candidate_batch_size
         return [rows[s:s + step] for s in range(0, len(rows), step)]
 
-    def _encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> _Prefix:
+    def _encode_prefixes(self, prefixes: Sequence[Sequence[int]]) -> Prefix:
         """Left-padded forward over the prefixes, keeping the KV cache and the last position's hidden state."""
         ids, mask = left_pad(prefixes, self.pad_id)
         out = self._forward(ids, mask, _positions(mask), use_cache=True)
         mask = mask.to(self.device)
-        return _Prefix(out.past_key_values, mask, mask.sum(1), out.last_hidden_state[:, -1])
+        return Prefix(out.past_key_values, mask, mask.sum(1), out.last_hidden_state[:, -1])
 
-    def _continue(self, prefix: _Prefix, owner: torch.Tensor, feeds: Sequence[Sequence[int]],
+    def _continue(self, prefix: Prefix, owner: torch.Tensor, feeds: Sequence[Sequence[int]],
                   keep_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [N, W, H] of ``feeds`` (right padded) fed after prefix rows ``owner`` (repeats
         allowed), with the feed mask [N, W]. ``keep_cache`` leaves ``prefix.cache`` usable afterwards."""
@@ -355,7 +317,7 @@ class Scorer:
         feed_mask = feed_mask.to(self.device)
         full_mask = torch.cat([prefix.mask[owner], feed_mask], dim=1)
         positions = prefix.lengths[owner, None] + torch.arange(feed.shape[1], device=self.device)[None, :]
-        cache = _select_cache(prefix.cache, owner, copy_first=keep_cache)
+        cache = select_cache(prefix.cache, owner, copy_first=keep_cache)
         out = self._forward(feed, full_mask, positions, cache=cache, new_mask=feed_mask)
         return out.last_hidden_state, feed_mask
 
@@ -368,7 +330,7 @@ class Scorer:
         encoded = self._encode(prompts)
         out = np.zeros((len(encoded), len(token_ids)), dtype=np.float64)
         cols = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
-        groups = _shared_prefix_groups(encoded, self.share_prefix, self.candidate_batch_size)
+        groups = shared_prefix_groups(encoded, self.share_prefix, self.candidate_batch_size)
         singles = [g[0] for g, _ in groups if len(g) == 1]
         shared = sorted([(g, n) for g, n in groups if len(g) > 1], key=lambda gn: -gn[1])
         with self._scoring():
@@ -534,76 +496,3 @@ class Scorer:
             lengths = torch.as_tensor([len(t) for t in toks], dtype=torch.float64, device=dev)
             for (_, i, j), score in zip(chunk, (total.double() / lengths).cpu().numpy(), strict=True):
                 out[i][j] = score
-
-
-class _Prefix(NamedTuple):
-    """Encoded prefixes: KV cache, attention mask [P, L] and lengths [P] (on device), last hidden [P, H]."""
-    cache: object
-    mask: torch.Tensor
-    lengths: torch.Tensor
-    last_hidden: torch.Tensor
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
-
-
-def _shared_prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int,
-                          max_rows: int) -> list[tuple[list[int], int]]:
-    """Group prompts (sorted by token ids) that share at least ``min_shared`` leading tokens, at most
-    ``max_rows`` per group: [(indices, prefix_len)], prefix_len leaving every suffix at least one token.
-    Groups of one (prefix_len 0) are prompts to encode whole.
-
-    A prompt joins the current group only if the tokens saved, (size - 1) * prefix_len, do not drop: prompts
-    that share just a common header (a chat template's system turn) do not cut a group's long shared history
-    down to that header."""
-    order = sorted(range(len(encoded)), key=lambda i: encoded[i])
-    groups: list[tuple[list[int], int]] = []
-    cur: list[int] = []
-    common = shortest = 0
-    for i in order:
-        if cur and min_shared > 0 and len(cur) < max_rows:
-            new_common = min(common, _common_prefix(encoded[cur[0]], encoded[i]))
-            new_shortest = min(shortest, len(encoded[i]))
-            shared, before = min(new_common, new_shortest - 1), min(common, shortest - 1)
-            if shared >= min_shared and len(cur) * shared >= (len(cur) - 1) * before:
-                cur.append(i)
-                common, shortest = new_common, new_shortest
-                continue
-        if cur:
-            groups.append((cur, min(common, shortest - 1) if len(cur) > 1 else 0))
-        cur, common, shortest = [i], len(encoded[i]), len(encoded[i])
-    if cur:
-        groups.append((cur, min(common, shortest - 1) if len(cur) > 1 else 0))
-    return groups
-
-
-def _select_cache(cache, index: torch.Tensor, copy_first: bool):
-    """The prompt KV cache with its batch rows picked by ``index`` (repeats allowed), for the candidates.
-
-    Works with ``Cache`` objects (``batch_select_indices``, present since transformers 4.3x, in v5 on each
-    layer) and with legacy tuples of (key, value) tensors. ``copy_first`` keeps the original intact
-    (for the next chunk); indexing itself already allocates new tensors, so only the container is copied.
-    """
-    if isinstance(cache, (tuple, list)):
-        return tuple(tuple(t[index] for t in layer) for layer in cache)
-    if copy_first:
-        cache = _shallow_copy(cache)
-    cache.batch_select_indices(index)
-    return cache
-
-
-def _shallow_copy(cache):
-    """Copy a Cache's containers but share its tensors: ``DynamicLayer``-style layers re-assign their
-    tensors (``torch.cat``, indexing) instead of writing into them. Other layer types are deep-copied."""
-    layers = getattr(cache, "layers", None)
-    if layers is None or any(type(layer).__name__ not in _REASSIGNING_LAYERS for layer in layers):
-        return copy.deepcopy(cache)
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in layers]
-    return new
-
-
-_REASSIGNING_LAYERS = {"DynamicLayer", "DynamicSlidingWindowLayer"}

@@ -324,10 +324,10 @@ class LoraTrainer:
 
 def encode(examples: Sequence[Example | tuple[str, str]], tokenizer, max_length: int) -> list[_Row]:
     """Token ids per example: the prompt with special tokens exactly as the Scorer encodes it
-    (`scoring.encode_prompts`: no doubled BOS; token-id prompts as given), the answer without; prompts are fitted
+    (`tokens.encode_prompts`: no doubled BOS; token-id prompts as given), the answer without; prompts are fitted
     by the prompt builder, and one still too long keeps its last tokens so that prompt + answer[:-1] fits in
     MAX_LENGTH."""
-    from llmrec_cli.llm.scoring import encode_prompts
+    from llmrec_cli.llm.tokens import encode_prompts
 
     examples = [e if isinstance(e, Example) else Example(*e) for e in examples]
     prompts = [None if isinstance(e.prompt, str) else list(e.prompt) for e in examples]

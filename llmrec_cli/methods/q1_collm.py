@@ -25,7 +25,7 @@ Soft tokens are extended token ids (V = the LM's input vocabulary size): item i 
 history is `V + n_items + 1 + slot`, where `slot` numbers the distinct (user, history) pairs in the order the
 prompts first show them (`SoftTokens.user_slot`, which remembers the history it stands for). A prompt is
 rendered as text with markers (`[[item:i]]`, `[[user:slot]]`), split at them, and the text pieces tokenised (the
-first as `scoring.encode_prompts` does, the others without special tokens, the same at training and scoring
+first as `tokens.encode_prompts` does, the others without special tokens, the same at training and scoring
 time) around the soft ids. The `embed_fn` looks ids < V up in the LM's embeddings and sends ids >= V through the
 projector; extended ids never reach the embedding layer. In the token budgets a marker counts as one token.
 
@@ -279,8 +279,8 @@ class CollmMethod(TunedLLMMethod):
         return ids
 
     def _tokenize(self, piece: str, special: bool) -> tuple[int, ...]:
-        """Token ids of a text PIECE; the first piece of a prompt (SPECIAL) as `scoring.encode_prompts` does."""
-        from llmrec_cli.llm.scoring import encode_prompts
+        """Token ids of a text PIECE; the first piece of a prompt (SPECIAL) as `tokens.encode_prompts` does."""
+        from llmrec_cli.llm.tokens import encode_prompts
 
         if not piece:
             return ()

@@ -9,8 +9,8 @@ import pytest
 from llmrec_cli.config.compose import compose_run
 from llmrec_cli.data.load import load_prepared
 from llmrec_cli.llm.prompts import PromptBuilder
-from llmrec_cli.llm.scoring import encode_prompts
 from llmrec_cli.llm.tiny import tiny_bos_tokenizer, tiny_tokenizer
+from llmrec_cli.llm.tokens import encode_prompts
 from llmrec_cli.llm.training import Example, encode
 
 

@@ -182,7 +182,7 @@ def _chat(tok, text: str) -> str:
 
 
 def test_chat_prompts_get_one_bos(bos_model):
-    from llmrec_cli.llm.scoring import encode_prompts
+    from llmrec_cli.llm.tokens import encode_prompts
 
     model, tok = bos_model
     bos = tok.bos_token_id
