@@ -21,8 +21,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rendering it with rich costs ~120 ms of imports per --help
 )
-data_app = typer.Typer(help="Prepare datasets and show their statistics.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare datasets and show their statistics.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -135,7 +137,7 @@ def _split_table(data, dataset_cfg):
 
     from rich.table import Table
 
-    from llmrec_cli.data.prepare import split_positions, split_stats
+    from llmrec_cli.data.splits import split_positions, split_stats
 
     qs = tuple(dataset_cfg.get("split_time") or (0.8, 0.9))
     table = Table(title="splits (dataset.split=loo|temporal; * = this config's, part of the dataset hash)",

@@ -19,7 +19,6 @@ GROUPS = ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval",
 CHOICES = {
     "trainer.device": ("auto", "cpu", "cuda"),
     "eval.negative_sampling": ("uniform", "popularity"),
-    "dataset.split": ("loo", "temporal"),
     "candidates.source": ("sampled", "crm_topk"),
 }
 #: Method keys with a fixed set of values (checked when the method has the key).
@@ -184,10 +183,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.max_users={ev.max_users} must be >= 1 or null (all users)")
     if ev.permutations < 1:
         raise ConfigError(f"eval.permutations={ev.permutations} must be >= 1 (candidate orders per listwise prompt)")
-    qs = list(cfg.dataset.get("split_time") or [0.8, 0.9])
-    if len(qs) != 2 or not 0.0 < float(qs[0]) < float(qs[1]) < 1.0:
-        raise ConfigError(f"dataset.split_time={qs} must be two quantiles 0 < valid < test < 1, "
-                          f"e.g. dataset.split_time=[0.8,0.9]")
+    from llmrec_cli.data.splits import split_settings
+
+    split_settings(cfg.dataset)
     if not re.fullmatch(r"valid/(sampled|full|pointwise|like)/\w+", ev.monitor):
         raise ConfigError(f"eval.monitor={ev.monitor} must be a valid-split metric, e.g. valid/full/ndcg_10")
     if cfg.dataset.kcore < 0 or cfg.dataset.min_user_interactions < 3:

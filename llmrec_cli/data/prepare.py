@@ -34,13 +34,13 @@ import pandas as pd
 
 from llmrec_cli.data.catalogue import Catalogue
 from llmrec_cli.data.raw import RawData
+from llmrec_cli.data.splits import split_positions, split_settings, split_stats
 from llmrec_cli.errors import DataError
 from llmrec_cli.utils.io import atomic_write_json, cache_dir, sha256_text
 
 log = logging.getLogger(__name__)
 PREP_VERSION = "2"
 SPLITS = ("valid", "test")
-SPLIT_METHODS = ("loo", "temporal")
 
 
 @dataclass
@@ -119,19 +119,20 @@ class PreparedData(Catalogue):
         idx = self.offsets[:-1] + np.maximum(pos, 0)
         return np.where(pos >= 0, self.seq_ratings[np.minimum(idx, len(self.seq_items) - 1)], np.nan)
 
-    def _train_mask(self) -> np.ndarray:
+    def train_mask(self) -> np.ndarray:
+        """[len(seq_items)] True at training interactions (each user's first `train_end` items)."""
         lengths = np.diff(self.offsets)
         pos = np.arange(len(self.seq_items)) - np.repeat(self.offsets[:-1], lengths)
         return pos < np.repeat(self.train_end, lengths)
 
     def train_counts(self) -> np.ndarray:
         """Training-interaction count per item index (length n_items + 1)."""
-        return np.bincount(self.seq_items[self._train_mask()], minlength=self.n_items + 1)
+        return np.bincount(self.seq_items[self.train_mask()], minlength=self.n_items + 1)
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(user, item) arrays of all training interactions."""
         users = np.repeat(np.arange(self.n_users), np.diff(self.offsets))
-        keep = self._train_mask()
+        keep = self.train_mask()
         return users[keep], self.seq_items[keep]
 
     def train_view(self):
@@ -139,50 +140,6 @@ class PreparedData(Catalogue):
         from llmrec_cli.data.views import TrainView
 
         return TrainView.of(self)
-
-
-def split_positions(offsets: np.ndarray, times: np.ndarray, method: str, split_time=(0.8, 0.9)):
-    """(train_end, valid_pos, test_pos, info) per user for split METHOD (see the module docstring)."""
-    lengths = np.diff(offsets)
-    if method == "loo":
-        return lengths - 2, lengths - 2, lengths - 1, {"split": "loo"}
-    q_valid, q_test = (float(q) for q in split_time)
-    t_valid, t_test = (int(t) for t in np.quantile(times, [q_valid, q_test], method="lower"))
-    n = len(lengths)
-    train_end, valid_pos, test_pos = (np.zeros(n, dtype=np.int64) for _ in range(3))
-    for u in range(n):
-        t = times[offsets[u] : offsets[u + 1]]  # sorted: sequences are chronological
-        a, b = int(np.searchsorted(t, t_valid, "left")), int(np.searchsorted(t, t_test, "left"))
-        train_end[u] = a
-        valid_pos[u] = a if a < b else -1
-        test_pos[u] = b if b < len(t) else -1
-    info = {"split": "temporal", "split_time": [q_valid, q_test], "t_valid": t_valid, "t_test": t_test}
-    return train_end, valid_pos, test_pos, info
-
-
-def split_stats(train_end, valid_pos, test_pos) -> dict:
-    """Counts per split: training interactions and evaluated users (as `PreparedData.eval_users`)."""
-    warm = train_end >= 1
-    return {"train_interactions": int(train_end.sum()), "users_with_training": int(warm.sum()),
-            "valid_users": int(((valid_pos >= 1) & warm).sum()), "test_users": int(((test_pos >= 1) & warm).sum())}
-
-
-def check_split(dataset_cfg: dict, has_time: bool) -> tuple[str, tuple[float, float]]:
-    """`dataset.split` and `dataset.split_time`, validated (ConfigError naming the key and the fix)."""
-    from llmrec_cli.errors import ConfigError
-
-    name = dataset_cfg.get("name")
-    method = str(dataset_cfg.get("split") or "loo")
-    if method not in SPLIT_METHODS:
-        raise ConfigError(f"dataset.split={method} is not one of {', '.join(SPLIT_METHODS)}")
-    qs = tuple(float(q) for q in (dataset_cfg.get("split_time") or (0.8, 0.9)))
-    if len(qs) != 2 or not 0.0 < qs[0] < qs[1] < 1.0:
-        raise ConfigError(f"dataset.split_time={list(qs)} must be two quantiles 0 < valid < test < 1, "
-                          f"e.g. dataset.split_time=[0.8,0.9]")
-    if method == "temporal" and not has_time:
-        raise DataError(f"dataset.split=temporal needs timestamps, but dataset={name} has only the order of each "
-                        f"user's interactions: use dataset.split=loo")
-    return method, qs
 
 
 def dataset_key(dataset_cfg: dict) -> str:
@@ -216,7 +173,10 @@ def prepare(raw: RawData, dataset_cfg: dict) -> PreparedData:
         "order": np.arange(len(df), dtype=np.int64),
     })
     raw_stats = _counts(df)
-    split, split_time = check_split(dataset_cfg, raw.has_time)
+    split, split_time = split_settings(dataset_cfg)
+    if split == "temporal" and not raw.has_time:
+        raise DataError(f"dataset.split=temporal needs timestamps, but dataset={name} has only the order of each "
+                        f"user's interactions: use dataset.split=loo")
     min_rating = dataset_cfg.get("min_rating")
     if min_rating is not None:
         if df["rating"].isna().all():

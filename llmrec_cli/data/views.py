@@ -60,14 +60,11 @@ class TrainView(Catalogue):
     @classmethod
     def of(cls, data) -> TrainView:
         """The training part of DATA (a `PreparedData`), copied."""
-        lengths = np.asarray(data.train_end, dtype=np.int64)
-        starts = np.asarray(data.offsets[:-1], dtype=np.int64)
-        idx = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]) if len(lengths) \
-            else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(lengths)
-        items = np.array(data.seq_items[idx], dtype=np.int64)
-        ratings = np.array(data.seq_ratings[idx], dtype=np.float64)
+        train = data.train_mask()
+        offsets = np.zeros(data.n_users + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(data.train_end)
+        items = np.array(data.seq_items[train], dtype=np.int64)
+        ratings = np.array(data.seq_ratings[train], dtype=np.float64)
         for arr in (items, ratings, offsets):
             arr.setflags(write=False)
         return cls(name=data.name, key=data.key, data_hash=data.data_hash, user_ids=data.user_ids,

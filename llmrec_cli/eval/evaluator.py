@@ -81,12 +81,10 @@ class Evaluator:
         if proto == "like":
             if not self.data.has_ratings:
                 return f"dataset={self.data.name} has no ratings, so 'liked' is undefined"
-            if self.cfg.like_threshold is None:
-                return "eval.like_threshold is null"
             if getattr(method, "order_sensitive", False):
                 return f"{type(method).__name__} scores candidates against each other; a single item has no score"
             if not any((self.plan[s].like_labels >= 0).any() for s in self.plan.splits):
-                return "no evaluated target has a rating (or the plan was built with like_threshold=null)"
+                return "no evaluated target has a rating, or eval.like_threshold is null"
         return ""
 
     # ---- scoring ---------------------------------------------------------------------------------------

@@ -120,13 +120,12 @@ class LLMMethod(Method):
             out["cost/gpu_seconds"] = seconds + out["cost/load_seconds"]
         if self.loaded is not None:
             out["model/num_parameters"] = float(self.loaded.num_parameters)
-        prompts = getattr(self, "prompts", None)
-        if prompts is not None and hasattr(prompts, "stat_metrics"):
+        prompts = getattr(self, "prompts", None)  # a PromptBuilder, once the method has built prompts
+        if prompts is not None:
             out.update(prompts.stat_metrics())
         if self.scorer is not None:
             for key in ("truncated_prompts", "truncated_tokens"):
-                if key in self.scorer.stats:
-                    out[f"prompt/scorer_{key}"] = float(self.scorer.stats[key])
+                out[f"prompt/scorer_{key}"] = float(self.scorer.stats.get(key, 0))
         return out
 
 
