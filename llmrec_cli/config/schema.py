@@ -70,6 +70,7 @@ class LoraConfig:
     dropout: float = 0.05  # dropout on the adapter input (active in train mode only)
     target_modules: list[str] = field(default_factory=list)  # module names to adapt, e.g. [q_proj, v_proj]
     bias: str = "none"  # none | all | lora_only
+    top_layers: int | None = None  # adapt only the top N transformer layers (backward stops below them); null: all
 
 
 @dataclass
@@ -89,7 +90,7 @@ class ModelConfig:
     kind: str = "causal"  # causal (a decoder LM with its head) | encoder (hidden states, for embeddings)
     weights: str = "pretrained"  # pretrained | random (the architecture with random init: speed benchmarks)
     tiny: bool = False  # the 2-layer random Llama of llmrec_cli/llm/tiny.py (tests, demos)
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bfloat16 on CUDA; on a CPU bf16 where measured faster, see llm/precision.py) | float32 | bfloat16 | float16
     max_length: int = 1024  # prompt token budget
     pooling: str = "mean"  # mean | cls: how token states become one embedding (kind=encoder)
     gradient_checkpointing: bool = False  # trade compute for memory when tuning (non-reentrant)

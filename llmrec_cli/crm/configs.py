@@ -1,7 +1,11 @@
 """Schemas of the conventional recommenders (light: no torch), one dataclass per `conf/crm/*.yaml`."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+
+from omegaconf import OmegaConf
 
 from llmrec_cli.config.schema import CRMConfig
 
@@ -38,3 +42,15 @@ class SASRecConfig(CRMConfig):
 
 
 SCHEMAS = {"pop": PopConfig, "bpr": BPRConfig, "sasrec": SASRecConfig}
+
+
+#: CRM keys that do not change the trained CRM (left out of `crm_config_hash`).
+NOT_CRM_CONFIG = ("from_run", "trainable")
+
+
+def crm_config_hash(crm_cfg) -> str:
+    """A short hash of the CRM's resolved config (without NOT_CRM_CONFIG): runs with equal hashes trained the same
+    CRM (tag `crm_config_hash`; `crm.from_run=auto` matches on it)."""
+    data = OmegaConf.to_container(crm_cfg, resolve=True) if OmegaConf.is_config(crm_cfg) else dict(crm_cfg)
+    data = {k: v for k, v in data.items() if k not in NOT_CRM_CONFIG}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

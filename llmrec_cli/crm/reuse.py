@@ -3,6 +3,8 @@
 Used by quadrant 1 (CRM embeddings in the LLM prompt), quadrant 2 warm starts and `candidates=crm_topk`
 (quadrants 3/4, the CRM as a pre-filter). Feature -> config key:
 
+- `crm.from_run=auto`: the newest FINISHED `quadrant=baseline` run of the same `crm=` config, seed and dataset
+  (preferring the current sweep's), so one CRM per seed serves every arm; trained in-line when there is none.
 - `crm.from_run=<mlflow run id>`: load the CRM checkpoint (`checkpoint/crm.pt`) of a FINISHED run of the same
   prepared dataset (its `dataset_hash` tag must match) and the same `crm=` type; nothing is retrained.
 - otherwise the CRM named by `crm=` is trained in-line with the baseline loop (early stopping on
@@ -21,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from llmrec_cli.crm.base import CRM
+from llmrec_cli.crm.configs import crm_config_hash
 from llmrec_cli.errors import ConfigError, LlmrecError
 
 log = logging.getLogger(__name__)
@@ -36,11 +39,48 @@ def build_crm(crm_cfg, n_users: int, n_items: int, device: str) -> CRM:
 
 
 def component_crm(ctx, data) -> CRM:
-    """The run's CRM, fitted and in eval mode: from `crm.from_run`, else trained in-line."""
+    """The run's CRM, fitted and in eval mode: from `crm.from_run` (`auto`: the matching baseline run, see
+    `find_crm_run`), else trained in-line."""
     run_id = ctx.cfg.crm.get("from_run")
+    if str(run_id) == AUTO:
+        run_id = find_crm_run(ctx, data)
+        if run_id is None:
+            log.warning("crm.from_run=auto: no FINISHED quadrant=baseline crm=%s run of seed %s on this dataset "
+                        "and CRM config: training it in-line", ctx.cfg.crm.name, ctx.seed)
+            ctx.set_tags({"crm_from_run_auto": "none found"})
     if run_id:
         return load_crm_run(str(run_id), ctx, data)
     return train_crm_inline(ctx, data)
+
+
+AUTO = "auto"
+def find_crm_run(ctx, data) -> str | None:
+    """`crm.from_run=auto`: the newest FINISHED `quadrant=baseline` run with this run's `crm=` (same
+    `crm_config_hash`), seed and prepared dataset (`dataset_hash`), preferring one of the same sweep (the
+    parent run of `llmrec sweep`). This is how `experiment=four-quadrants` trains each seed's SASRec once and
+    every arm of that seed reuses it (pre-filter, quadrant 1's soft tokens)."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from llmrec_cli.tracking import resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(ctx.cfg.tracking.uri))
+    exp = client.get_experiment_by_name(str(ctx.cfg.tracking.experiment))
+    if exp is None:
+        return None
+    query = (f"tags.quadrant = 'baseline' and tags.crm = '{ctx.cfg.crm.name}' and tags.seed = '{ctx.seed}' "
+             f"and tags.dataset_hash = '{data.data_hash}' and tags.crm_config_hash = '{crm_config_hash(ctx.cfg.crm)}' "
+             f"and attributes.status = 'FINISHED'")
+    runs = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50)
+    parent = os.environ.get("LLMREC_PARENT_RUN_ID")
+    same_sweep = [r for r in runs if parent and r.data.tags.get("mlflow.parentRunId") == parent]
+    chosen = (same_sweep or runs or [None])[0]
+    if chosen is None:
+        return None
+    ctx.set_tags({"crm_from_run_auto": chosen.info.run_id})
+    log.info("crm.from_run=auto: reusing %s run %s", ctx.cfg.crm.name, chosen.info.run_id)
+    return chosen.info.run_id
 
 
 def train_crm_inline(ctx, data) -> CRM:

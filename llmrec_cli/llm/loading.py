@@ -52,6 +52,7 @@ class LoadedModel:
     num_trainable: int
     dtype: str  # e.g. float32, bfloat16
     device: str = "cpu"
+    dtype_reason: str = ""  # why this dtype (model.dtype=auto on a CPU: the bf16 probe's verdict)
 
 
 def load_backbone(model_cfg: Any, device: str = "cpu") -> LoadedModel:
@@ -74,6 +75,12 @@ def load_backbone(model_cfg: Any, device: str = "cpu") -> LoadedModel:
         model = _load_model(src, model_cfg, kind, dtype, random_init)
         if random_init:
             source = f"random init, architecture of {source}"
+    dtype_reason = "model.dtype=" + str(model_cfg.dtype)
+    if str(model_cfg.dtype) == "auto" and not str(device).startswith("cuda"):
+        from llmrec_cli.llm.precision import cpu_bf16_pays, model_width
+
+        use_bf16, dtype_reason = cpu_bf16_pays(model_width(model))
+        dtype = torch.bfloat16 if use_bf16 else torch.float32
     model.to(device=torch.device(device), dtype=dtype)
     model.requires_grad_(False)
     model.eval()
@@ -85,7 +92,8 @@ def load_backbone(model_cfg: Any, device: str = "cpu") -> LoadedModel:
         model.config.use_cache = True  # inference; apply_lora turns it off with gradient checkpointing
     total, trainable = count_parameters(model)
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=str(model_cfg.name), source=source,
-                       num_parameters=total, num_trainable=trainable, dtype=_dtype_name(dtype), device=device)
+                       num_parameters=total, num_trainable=trainable, dtype=_dtype_name(dtype), device=device,
+                       dtype_reason=dtype_reason)
 
 
 def apply_lora(loaded: LoadedModel, lora_cfg: Any, gradient_checkpointing: bool = False) -> LoadedModel:
@@ -94,7 +102,10 @@ def apply_lora(loaded: LoadedModel, lora_cfg: Any, gradient_checkpointing: bool 
     The model is already on its device (peft's advice: move first, wrap second; build the optimizer after
     this call). With GRADIENT_CHECKPOINTING, non-reentrant checkpointing is enabled together with
     `enable_input_require_grads` (a frozen base otherwise yields "element 0 of tensors does not require grad")
-    and `use_cache` is turned off. The returned `LoadedModel` has the recomputed parameter counts.
+    and `use_cache` is turned off. `model.peft.top_layers=N` adapts only the top N transformer layers (peft's
+    `layers_to_transform`): the backward pass then stops below them, so a step costs about forward + N/L
+    backward instead of forward + a full backward (not for soft-token prompts, whose projector sits at the input).
+    The returned `LoadedModel` has the recomputed parameter counts.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -110,8 +121,17 @@ def apply_lora(loaded: LoadedModel, lora_cfg: Any, gradient_checkpointing: bool 
                           f"({type(model).__name__}); its linear layers include "
                           f"{', '.join(sorted(_linear_names(model)))}")
     task_type = "CAUSAL_LM" if loaded.kind == "causal" else "FEATURE_EXTRACTION"
+    layers = None
+    top = lora_cfg.get("top_layers") if hasattr(lora_cfg, "get") else getattr(lora_cfg, "top_layers", None)
+    if top is not None:
+        total = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        if not 1 <= int(top) <= max(total, 1):
+            raise ConfigError(f"model.peft.top_layers={top} must be between 1 and the model's {total} layers "
+                              f"(or null: every layer)")
+        layers = list(range(total - int(top), total))
     config = LoraConfig(r=int(lora_cfg.r), lora_alpha=int(lora_cfg.alpha), lora_dropout=float(lora_cfg.dropout),
-                        target_modules=targets, bias=str(lora_cfg.bias), task_type=task_type)
+                        target_modules=targets, bias=str(lora_cfg.bias), task_type=task_type,
+                        layers_to_transform=layers)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -142,6 +162,7 @@ def describe(loaded: LoadedModel) -> dict[str, Any]:
         "num_trainable": loaded.num_trainable,
         "trainable_pct": round(100.0 * loaded.num_trainable / max(loaded.num_parameters, 1), 4),
         "dtype": loaded.dtype,
+        "dtype_reason": loaded.dtype_reason,
         "device": loaded.device,
     }
 
@@ -166,7 +187,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(name: str, device: str):
-    """The torch dtype for `model.dtype`: auto is bfloat16 on CUDA and float32 elsewhere."""
+    """The torch dtype to load `model.dtype` in: auto is bfloat16 on CUDA and float32 elsewhere (on a CPU,
+    `load_backbone` then converts to bfloat16 when `llm.precision.cpu_bf16_pays` measures that it pays)."""
     import torch
 
     if name == "auto":

@@ -37,19 +37,34 @@ TEMPLATES = {
         "Candidates:\n{candidates}\n"
         "Which candidate will the user {verb} next? Answer with its letter.\nAnswer:"
     ),
+    "mim": (
+        "{demos}A user has {verbed} these {nouns}, most recent last, one of them hidden:\n{history}\n"
+        "Candidates:\n{candidates}\n"
+        "Which candidate is the hidden {noun}? Answer with its letter.\nAnswer:"
+    ),
 }
 LETTERS = [chr(ord("A") + i) for i in range(26)]
 
 
-def item_texts(items: pd.DataFrame) -> list[str]:
-    """Short text per item index (0 = padding): 'Title (year), genres' or 'Title, categories, brand'."""
-    out = [""] * (int(items["item_idx"].max()) + 1)
+ITEM_TEXT = ("full", "title")
+#: The text of item index 0 (padding): what a masked-item prompt (aux task `mim`) shows for the hidden item.
+HIDDEN = "[hidden]"
+
+
+def item_texts(items: pd.DataFrame, style: str = "full") -> list[str]:
+    """Short text per item index (0 = padding, shown as HIDDEN): STYLE `full` is 'Title (year), genres' or
+    'Title, categories'; `title` is 'Title (year)' (shorter prompts)."""
+    if style not in ITEM_TEXT:
+        from llmrec_cli.errors import ConfigError
+
+        raise ConfigError(f"method.item_text={style} is not one of {', '.join(ITEM_TEXT)}")
+    out = [HIDDEN] + [""] * int(items["item_idx"].max())
     for row in items.itertuples(index=False):
         text = str(row.title)
         year = getattr(row, "year", None)
         if year is not None and not pd.isna(year):
             text += f" ({int(year)})"
-        for col in ("genres", "categories"):
+        for col in ("genres", "categories") if style == "full" else ():
             value = getattr(row, col, None)
             if isinstance(value, str) and value:
                 text += ", " + value.replace("|", ", ")
@@ -72,10 +87,11 @@ class PromptBuilder:
     num_demos: int = 0
     seed: int = 0
     max_length: int | None = None  # whole-prompt token budget (model.max_length); None: no limit
+    item_text: str = "full"  # full | title (method.item_text)
     stats: dict = field(default_factory=lambda: dict.fromkeys(STAT_KEYS, 0))
 
     def __post_init__(self):
-        self.texts = item_texts(self.data.items)
+        self.texts = item_texts(self.data.items, self.item_text)
         self.chat = bool(self.use_chat_template and getattr(self.tokenizer, "chat_template", None))
         self._demo_cache: dict[tuple[int, str], list[str]] = {}
         self._text_tokens: dict[int, int] = {}

@@ -33,6 +33,8 @@ Heads with post-processing are handled for the two known cases (``final_logit_so
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -182,6 +184,16 @@ class Scorer:
             if was_training:
                 self.model.train()
 
+    @functools.cached_property
+    def _cache_kwarg(self) -> str:
+        """`cache` on transformers versions whose model forward takes it (past_key_values is deprecated there,
+        removed in 5.40), `past_key_values` before."""
+        try:
+            params = inspect.signature(self._body.forward).parameters
+        except (TypeError, ValueError):
+            return "past_key_values"
+        return "cache" if "cache" in params else "past_key_values"
+
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None,
                  cache=None, use_cache: bool = False, new_mask: torch.Tensor | None = None):
         """Run the transformer body (no LM head) and count tokens; returns its output object."""
@@ -191,7 +203,7 @@ class Scorer:
         if positions is not None:
             kwargs["position_ids"] = positions.to(self.device)
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[self._cache_kwarg] = cache
         if use_cache or cache is not None:
             kwargs["use_cache"] = True
         out = self._body(**kwargs)
@@ -307,7 +319,7 @@ class Scorer:
         ids, mask = left_pad(prefixes, self.pad_id)
         out = self._forward(ids, mask, _positions(mask), use_cache=True)
         mask = mask.to(self.device)
-        return Prefix(out.past_key_values, mask, mask.sum(1), out.last_hidden_state[:, -1])
+        return Prefix(_cache_of(out), mask, mask.sum(1), out.last_hidden_state[:, -1])
 
     def _continue(self, prefix: Prefix, owner: torch.Tensor, feeds: Sequence[Sequence[int]],
                   keep_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -496,3 +508,10 @@ class Scorer:
             lengths = torch.as_tensor([len(t) for t in toks], dtype=torch.float64, device=dev)
             for (_, i, j), score in zip(chunk, (total.double() / lengths).cpu().numpy(), strict=True):
                 out[i][j] = score
+
+
+def _cache_of(out):
+    """The KV cache of a model output: `cache` on transformers versions that renamed it (reading
+    `past_key_values` there warns that it is deprecated), `past_key_values` before."""
+    cache = getattr(out, "cache", None) if "cache" in getattr(out, "keys", lambda: ())() else None
+    return cache if cache is not None else out.past_key_values

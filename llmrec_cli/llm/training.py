@@ -8,15 +8,19 @@ config (`max_epochs`). Feature -> config key:
   hidden states and the LM head runs at the answer positions only ([M, V] logits, never [B, T, V]).
   `Example.choices` restricts the softmax at the (one-token) answer to a few token ids (listwise letters).
 - batches: right padded (prompt + answer, the answer's last token is never fed since nothing reads its output),
-  `trainer.batch_size` examples reshuffled every epoch (seeded), `trainer.grad_accum` batches per step.
+  `trainer.batch_size` examples reshuffled every epoch (seeded) and grouped by length (`length_grouped_batches`:
+  little padding), `trainer.grad_accum` batches per step.
 - optimizer: AdamW over the trainable parameters only (`trainer.lr`, `trainer.weight_decay`), built here,
   after the LoRA wrapping; linear warm-up over `trainer.warmup_ratio` of the steps, then linear decay;
-  gradient clipping at `trainer.max_grad_norm`. bf16 autocast on CUDA; gradient checkpointing is switched on by
+  gradient clipping at `trainer.max_grad_norm`. bf16 autocast on CUDA; on a CPU the backbone is bf16 when
+  `model.dtype=auto` measured that it pays (`llm/precision.py`), the adapters and their AdamW state stay fp32
+  and the loss's logits are computed in fp32; gradient checkpointing is switched on by
   `apply_lora` from `model.gradient_checkpointing`.
 - several GPUs: `accelerate launch --num_processes N -m llmrec_cli train ...` (or torchrun); each rank trains on
   every N-th batch and the trainable gradients are averaged before each step, rank 0 validates and saves
   (`llmrec_cli/llm/distributed.py`).
-- epochs: `min(trainer.max_epochs, method.max_epochs)`. Every `trainer.eval_every` epochs the valid metric
+- epochs: `min(trainer.max_epochs, method.max_epochs)`. With one epoch there is nothing to select and the loop
+  does not validate (the run's own valid evaluation still follows). Otherwise every `trainer.eval_every` epochs the valid metric
   `eval.monitor` (through `ctx.validate`) drives early stopping (`trainer.patience`), and the best epoch's
   adapter weights are restored at the end. Methods that cannot rank the full catalogue monitor
   `valid/sampled/<metric>` instead of `valid/full/<metric>`. Without `ctx.validate` every epoch runs and the
@@ -149,6 +153,8 @@ class LoraTrainer:
                                         float(self.tcfg.warmup_ratio))
         self.shuffle = np.random.default_rng([int(ctx.seed), 4])
         self.monitor, self.validate = _validator(method, ctx)
+        if self.epochs <= 1:  # one epoch: nothing to choose between, so no validation pass inside the loop
+            self.monitor, self.validate = None, None
         self.fingerprint = config_fingerprint(ctx.cfg)
         self.ckpt_root = Path(ctx.output_dir) / "checkpoints"
         self.state = LoopState()
@@ -195,8 +201,8 @@ class LoraTrainer:
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """One pass over the shuffled examples: (mean loss per example, tokens fed, seconds)."""
         self.model.train()
-        order = self.shuffle.permutation(len(self.rows))
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = length_grouped_batches([len(r.prompt) + len(r.answer) for r in self.rows], self.batch_size,
+                                         self.shuffle)
         if self.world.active:  # every rank the same number of batches (the first ones repeat), every N-th one
             per_rank = math.ceil(len(batches) / self.world.size)
             batches = (batches + batches[:per_rank * self.world.size - len(batches)])[self.world.rank::self.world.size]
@@ -350,6 +356,22 @@ def encode(examples: Sequence[Example | tuple[str, str]], tokenizer, max_length:
     return rows
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator,
+                           group: int = 32) -> list[np.ndarray]:
+    """Batches of indices for one epoch: a seeded shuffle, cut into groups of GROUP batches, each group sorted by
+    length before it is cut into batches, and the batches shuffled; so a batch holds prompts of similar length
+    (little padding) while every epoch still sees a new random mix."""
+    order = rng.permutation(len(lengths))
+    lengths = np.asarray(lengths)
+    span = batch_size * group
+    batches = []
+    for s in range(0, len(order), span):
+        chunk = order[s:s + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def collate(rows: Sequence[_Row], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     """(input_ids, attention_mask, labels, choices) for right-padded prompt + answer[:-1].
 
@@ -403,8 +425,14 @@ def _head_fn(lm) -> Callable:
     scale = getattr(config, "logit_scale", None)
     softcap = getattr(config, "final_logit_softcapping", None)
 
+    plain = isinstance(head, torch.nn.Linear) and type(head) is torch.nn.Linear
+
     def fn(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden).float()
+        if plain:  # fp32 logits from a bf16 model too (low-precision logits tie; the Scorer does the same)
+            bias = None if head.bias is None else head.bias.float()
+            logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+        else:
+            logits = head(hidden).float()
         if scale is not None:
             logits = logits * scale
         if softcap:

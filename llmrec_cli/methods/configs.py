@@ -1,7 +1,7 @@
 """Schemas of the methods (light: no torch), one dataclass per `conf/method/*.yaml`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmrec_cli.config.schema import MethodConfig
 
@@ -21,6 +21,7 @@ class LLMMethodConfig(MethodConfig):
     max_history: int = 20  # most recent items shown in a prompt
     history_tokens: int = 512  # token budget of the history block (oldest items dropped first)
     use_chat_template: bool = True  # wrap prompts in the tokenizer's chat template when it has one
+    item_text: str = "full"  # full: 'Title (year), genres' | title: 'Title (year)' (shorter prompts)
 
 
 @dataclass
@@ -48,8 +49,12 @@ class TunedLLMConfig(LLMMethodConfig):
     """
 
     needs_peft: bool = True
-    num_samples: int | None = None  # seeded subset of the training examples (e.g. 16, 64, 256); null: all
+    num_samples: int | None = None  # seeded subset of the training prompts (e.g. 16, 64, 256); null: all
     max_epochs: int = 3
+    samples_per_user: int = 1  # training targets per user: the last N positions of its sequence (0: all)
+    train_negatives: str = "uniform"  # uniform (unseen items) | crm (the CRM's top items: hard negatives)
+    aux_tasks: list[str] = field(default_factory=list)  # mim | bpr: auxiliary letter-choice samples
+    aux_ratio: float = 0.5  # auxiliary samples per main sample (all aux tasks together)
 
 
 @dataclass
@@ -111,6 +116,7 @@ class CollmConfig(TunedLLMConfig):
     negatives_per_user: int = 1  # pointwise head: unseen items per training user, answered "No"
     use_ratings: bool = False  # pointwise head: the positive is answered "Yes" only if rated >= eval.like_threshold
     projector_lr: float = 1e-3  # learning rate of the projector (LoRA uses trainer.lr)
+    item_repr: str = "title+id"  # title+id | id (one CRM soft token per item, E4SRec) | title (no item token)
 
 
 SCHEMAS = {

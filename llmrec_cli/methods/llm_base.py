@@ -59,7 +59,10 @@ class LLMMethod(Method):
             return
         from llmrec_cli.crm.reuse import CRM_FILE, component_crm, load_crm_file
 
-        if self.load_dir is not None and (Path(self.load_dir) / CRM_FILE).is_file():
+        own = getattr(self, "crm", None)  # quadrant 1's own CRM (soft tokens) is also its pre-filter
+        if own is not None:
+            self.prefilter = own
+        elif self.load_dir is not None and (Path(self.load_dir) / CRM_FILE).is_file():
             self.prefilter = load_crm_file(Path(self.load_dir), None, self.data, self.ctx.device)
         else:
             t0 = time.perf_counter()

@@ -2,9 +2,11 @@
 
 - `fit`: load the backbone (`LLMMethod.setup_llm`), wrap it with LoRA (`model.peft`; adapters initialised
   from `seed`), log the prompt template, an example and the verbalizer, build the training samples from
-  training data only (`training_samples`, per method), keep a seeded subset of `method.num_samples`, render
-  them as prompts (`render`) and tune with `llmrec_cli.llm.training.train_lora` (`train_options`: extra
-  arguments such as quadrant 1's soft-token `embed_fn` and projector parameters).
+  training data only (`llmrec_cli/methods/samples.py`: `method.samples_per_user` targets per user, a
+  `method.num_samples` budget, `method.train_negatives=uniform|crm`, `method.aux_tasks=[mim, bpr]` at
+  `method.aux_ratio`; each method's own samples from `target_samples`), render them as prompts (`render`) and
+  tune with `llmrec_cli.llm.training.train_lora` (`train_options`: extra arguments such as quadrant 1's
+  soft-token `embed_fn` and projector parameters).
 - prompts: `make_prompt(user, history, **fields)` builds training and scoring prompts alike (the history is
   the items the prompt may show: a training prefix, or the history the evaluator hands to `score`), fitted
   into `model.max_length` with `ANSWER_RESERVE` tokens left for the answer; quadrant 1 overrides it to return
@@ -28,6 +30,16 @@ import numpy as np
 
 from llmrec_cli.llm.prompts import TEMPLATES, PromptBuilder
 from llmrec_cli.methods.llm_base import LLMMethod
+from llmrec_cli.methods.samples import (
+    Sample,
+    Target,
+    aux_samples,
+    budget_targets,
+    check_sample_config,
+    negative_source,
+    training_targets,
+    trim,
+)
 from llmrec_cli.utils.io import sha256_file
 
 #: Tokens kept free after a tuned method's prompt for its answer (" Yes", " A", ...).
@@ -36,7 +48,7 @@ ANSWER_RESERVE = 4
 
 class TunedLLMMethod(LLMMethod):
     """Base of quadrant-4 methods. Subclasses set `kind` (the prompt template) and implement
-    `training_samples`, `render`, `verbalizer_params`, `example_prompt` and `score`."""
+    `target_samples`, `render_target`, `verbalizer_params`, `example_prompt` and `score`."""
 
     supports_full = False  # one LLM call per user x item over the whole catalogue is not affordable
     kind = "pointwise"  # pointwise | listwise: the template of llmrec_cli/llm/prompts.py
@@ -47,9 +59,9 @@ class TunedLLMMethod(LLMMethod):
         self.check_config()
         self.setup_tuned()
         self.log_prompting()
-        samples = self.subsample(self.training_samples(data, np.random.default_rng([self.ctx.seed, 11])))
+        samples = self.training_samples(data, np.random.default_rng([self.ctx.seed, 11]))
         examples = [self.render(s) for s in samples]
-        self.ctx.log_text(f"{self.show(examples[0].prompt)}{examples[0].answer}", "prompts/train_example.txt")
+        self.log_samples(samples, examples)
         from llmrec_cli.llm.training import train_lora
 
         t0 = time.perf_counter()
@@ -57,6 +69,50 @@ class TunedLLMMethod(LLMMethod):
         self._cost["cost/train_seconds"] = time.perf_counter() - t0
         self._reset_scoring_cost()  # validation during training is not inference cost
         return summary
+
+    def training_samples(self, data, rng: np.random.Generator) -> list[Sample]:
+        """The method's own samples (`target_samples`) for the budgeted targets, plus the auxiliary tasks."""
+        cfg = self.cfg
+        targets = training_targets(data, int(cfg.get("samples_per_user", 1)))
+        if not targets:
+            from llmrec_cli.errors import DataError
+
+            raise DataError(f"dataset={self.ctx.cfg.dataset.name} gives no training sample for "
+                            f"method={cfg.name}: users need at least 2 training interactions")
+        budget = None if cfg.num_samples is None else int(cfg.num_samples)
+        chosen = budget_targets(targets, budget, self.prompts_per_target(), rng)
+        negatives = negative_source(str(cfg.get("train_negatives", "uniform")), data, rng, self.negative_crm())
+        main = trim(self.target_samples(chosen, negatives, rng), budget, rng)
+        aux = aux_samples(data, targets if budget is None else chosen, cfg.get("aux_tasks") or [],
+                          float(cfg.get("aux_ratio", 0.0)), len(main), self.aux_candidates(), rng,
+                          int(cfg.max_history))
+        return main + aux
+
+    def render(self, sample: Sample):
+        """A `llmrec_cli.llm.training.Example` for one sample: `render_target` for the method's own task, the
+        letter prompts of `mim` / `bpr` otherwise."""
+        if sample.task == "next":
+            return self.render_target(sample)
+        from llmrec_cli.llm.prompts import LETTERS
+        from llmrec_cli.llm.training import Example
+
+        kind = "mim" if sample.task == "mim" else "listwise"
+        prompt = self.make_prompt(sample.user, sample.history, kind=kind,
+                                  candidates=self.prompts.candidate_block(sample.items))
+        letters = tuple(self.scorer.verbalizer_ids(LETTERS[: len(sample.items)], prefix=self.prompts.answer_prefix))
+        return Example(prompt, self.prompts.answer_prefix + LETTERS[sample.answer], choices=letters)
+
+    def log_samples(self, samples: list[Sample], examples: list) -> None:
+        counts = {task: sum(s.task == task for s in samples) for task in ("next", "mim", "bpr")}
+        self.ctx.log_params({"train.samples_next": counts["next"], "train.samples_mim": counts["mim"],
+                             "train.samples_bpr": counts["bpr"],
+                             "train.negatives": str(self.cfg.get("train_negatives", "uniform"))})
+        shown = [f"{self.show(examples[0].prompt)}{examples[0].answer}"]
+        for task in ("mim", "bpr"):
+            k = next((i for i, s in enumerate(samples) if s.task == task), None)
+            if k is not None:
+                shown.append(f"--- {task} ---\n{self.show(examples[k].prompt)}{examples[k].answer}")
+        self.ctx.log_text("\n\n".join(shown), "prompts/train_example.txt")
 
     # ---- hooks --------------------------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -66,14 +122,27 @@ class TunedLLMMethod(LLMMethod):
         n = self.cfg.num_samples
         if n is not None and int(n) < 1:
             raise ConfigError(f"method.num_samples={n} must be >= 1 or null (all training samples)")
+        check_sample_config(self.cfg)
 
-    def training_samples(self, data, rng: np.random.Generator) -> list[tuple]:
-        """Cheap sample descriptions from training data only (rendered to prompts after subsampling)."""
+    def prompts_per_target(self) -> int:
+        """Prompts `target_samples` makes per target (the budget counts prompts)."""
+        return 1
+
+    def target_samples(self, targets: list[Target], negatives, rng: np.random.Generator) -> list[Sample]:
+        """The method's own samples (task `next`) for TARGETS; NEGATIVES(targets, k) gives k negatives each."""
         raise NotImplementedError
 
-    def render(self, sample: tuple):
-        """A `llmrec_cli.llm.training.Example` (prompt, answer[, choices]) for one sample."""
+    def render_target(self, sample: Sample):
+        """The `Example` of a `next` sample."""
         raise NotImplementedError
+
+    def negative_crm(self):
+        """The CRM `method.train_negatives=crm` reads: the `candidates=crm_topk` pre-filter, when there is one."""
+        return self.prefilter
+
+    def aux_candidates(self) -> int:
+        """Candidates of a `mim` prompt: as many as the sampled protocol shows."""
+        return int(self.ctx.cfg.eval.num_negatives) + 1
 
     def verbalizer_params(self) -> dict:
         raise NotImplementedError
@@ -117,16 +186,22 @@ class TunedLLMMethod(LLMMethod):
                                            max_history=int(self.cfg.max_history),
                                            history_tokens=int(self.cfg.history_tokens),
                                            use_chat_template=bool(self.cfg.use_chat_template), num_demos=0,
-                                           seed=self.ctx.seed, max_length=int(model_cfg.max_length))
+                                           seed=self.ctx.seed, max_length=int(model_cfg.max_length),
+                                           **self.prompt_options())
         lora = sum(p.numel() for n, p in self.loaded.model.named_parameters() if "lora_" in n)
         self.ctx.log_params({"lora.num_parameters": lora,
                              "lora.trainable_pct": round(100.0 * lora / max(self.loaded.num_parameters, 1), 4)})
 
-    def make_prompt(self, user: int, history: np.ndarray, **fields):
+    def make_prompt(self, user: int, history: np.ndarray, kind: str | None = None, **fields):
         """USER's prompt showing HISTORY (training samples: a prefix of the training sequence; scoring: the
-        history the evaluator passed), with the template's other FIELDS (candidate / candidates)."""
-        return self.prompts.build(self.kind, user, history, demos=False, lead=self.history_lead(user, history),
-                                  reserve=ANSWER_RESERVE, **fields)
+        history the evaluator passed), with the template's other FIELDS (candidate / candidates); KIND: the
+        template (default: the method's own)."""
+        return self.prompts.build(kind or self.kind, user, history, demos=False,
+                                  lead=self.history_lead(user, history), reserve=ANSWER_RESERVE, **fields)
+
+    def prompt_options(self) -> dict:
+        """Extra keyword arguments of the prompt builder (quadrant 1 adds `item_repr`)."""
+        return {"item_text": str(self.cfg.get("item_text", "full"))}
 
     def history_lead(self, user: int, history: np.ndarray) -> str:
         """Text placed before the history lines (quadrant 1: the user's soft token); none here."""
@@ -139,19 +214,6 @@ class TunedLLMMethod(LLMMethod):
     def train_options(self) -> dict:
         """Extra keyword arguments of `train_lora` (none here)."""
         return {}
-
-    def subsample(self, samples: list) -> list:
-        """A seeded subset of `method.num_samples` samples (all when null or larger), in their original order."""
-        n = self.cfg.num_samples
-        if not samples:
-            from llmrec_cli.errors import DataError
-
-            raise DataError(f"dataset={self.ctx.cfg.dataset.name} gives no training sample for "
-                            f"method={self.cfg.name}: users need at least 2 training interactions")
-        if n is None or int(n) >= len(samples):
-            return samples
-        rng = np.random.default_rng([self.ctx.seed, 12])
-        return [samples[i] for i in np.sort(rng.choice(len(samples), size=int(n), replace=False))]
 
     def log_prompting(self) -> None:
         self.ctx.log_text(TEMPLATES[self.kind], f"prompts/template_{self.kind}.txt")
@@ -182,25 +244,3 @@ class TunedLLMMethod(LLMMethod):
         self.load_dir = Path(path)
         self.setup_tuned(adapter_dir=Path(path) / "adapter")
         self.log_prompting()
-
-
-def training_negatives(data, user: int, rng: np.random.Generator, k: int) -> list[int]:
-    """K negatives for USER's training samples, from the training view only: items outside the user's training
-    sequence (as BPR samples them). A held-out valid/test target can be drawn like any other item: excluding
-    it would make the training distribution depend on test labels."""
-    return sample_unseen(rng, data.n_items, set(data.train_sequence(user).tolist()), k)
-
-
-def sample_unseen(rng: np.random.Generator, n_items: int, seen: set[int], k: int) -> list[int]:
-    """K distinct items in 1..N_ITEMS outside SEEN (rejection sampling; fewer when not enough are left)."""
-    k = min(k, n_items - len(seen))
-    out: list[int] = []
-    taken = set(seen)
-    while len(out) < k:
-        for c in rng.integers(1, n_items + 1, size=2 * (k - len(out)) + 8).tolist():
-            if c not in taken:
-                taken.add(c)
-                out.append(c)
-                if len(out) == k:
-                    break
-    return out

@@ -42,6 +42,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,13 +176,23 @@ class SoftTokens:
         return torch.stack([self.cache[s] for s in slots])
 
 
+ITEM_REPR = ("title+id", "id", "title")
+
+
+@dataclass
 class SoftPromptBuilder(PromptBuilder):
-    """PromptBuilder whose item texts end in their item marker; in the token budgets a marker counts as the one
-    input position it becomes."""
+    """PromptBuilder whose item texts carry their item marker (`method.item_repr`: `title+id` the title then the
+    marker, `id` the marker alone, E4SRec style, `title` no marker); in the token budgets a marker counts as the
+    one input position it becomes."""
+
+    item_repr: str = "title+id"
 
     def __post_init__(self):
         super().__post_init__()
-        self.texts = [t + item_marker(i) if i else t for i, t in enumerate(self.texts)]
+        if self.item_repr == "id":
+            self.texts = [item_marker(i) if i else t for i, t in enumerate(self.texts)]
+        elif self.item_repr == "title+id":
+            self.texts = [t + item_marker(i) if i else t for i, t in enumerate(self.texts)]
 
     def _size(self, text: str, special: bool = False) -> int:
         return super()._size(MARKER.sub("", text), special) + len(MARKER.findall(text))
@@ -200,6 +211,8 @@ class CollmMethod(TunedLLMMethod):
 
     def check_config(self) -> None:
         super().check_config()
+        if str(self.cfg.item_repr) not in ITEM_REPR:
+            raise ConfigError(f"method.item_repr={self.cfg.item_repr} is not one of {', '.join(ITEM_REPR)}")
         if int(self.cfg.projector_hidden) < 0:
             raise ConfigError(f"method.projector_hidden={self.cfg.projector_hidden} must be >= 0 (0: linear)")
         if float(self.cfg.projector_lr) <= 0:
@@ -262,7 +275,16 @@ class CollmMethod(TunedLLMMethod):
     def history_lead(self, user: int, history: np.ndarray) -> str:
         if not self.cfg.use_user_embedding:
             return ""
-        return f"User profile: {user_marker(self.soft.user_slot(user, history))}\n"
+        history = np.asarray(history)
+        shown = history[history > 0]  # a masked-item prompt's hidden item (0) is not part of the user vector
+        return f"User profile: {user_marker(self.soft.user_slot(user, shown))}\n"
+
+    def negative_crm(self):
+        """`method.train_negatives=crm` reads the method's own CRM."""
+        return self.crm
+
+    def prompt_options(self) -> dict:
+        return {**super().prompt_options(), "item_repr": str(self.cfg.item_repr)}
 
     def make_prompt(self, user: int, history: np.ndarray, **fields) -> list[int]:
         return self.make_soft(super().make_prompt(user, history, **fields))

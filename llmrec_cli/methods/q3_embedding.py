@@ -27,7 +27,7 @@ class EmbeddingZeroShot(LLMMethod):
     def fit(self, data):
         self.data = data
         self.setup_llm()
-        texts = item_texts(data.items)
+        texts = item_texts(data.items, str(self.cfg.item_text))
         self.item_emb = self._item_embeddings(texts)
         self.ctx.log_text("\n".join(texts[1:6]), "prompts/example_item_texts.txt")
         return {}

@@ -33,7 +33,8 @@ class ZeroShot(LLMMethod):
         self.prompts = PromptBuilder(data, self.loaded.tokenizer, noun=self.ctx.cfg.dataset.item_noun,
                                      max_history=int(cfg.max_history), history_tokens=int(cfg.history_tokens),
                                      use_chat_template=bool(cfg.use_chat_template), num_demos=int(cfg.num_demos),
-                                     seed=self.ctx.seed, max_length=int(self.ctx.cfg.model.max_length))
+                                     seed=self.ctx.seed, max_length=int(self.ctx.cfg.model.max_length),
+                                     item_text=str(cfg.item_text))
         self.score_kind = "logit" if cfg.scoring == "pointwise" else "score"
         self.order_sensitive = cfg.scoring == "listwise"
         self._log_prompting()

@@ -1,9 +1,10 @@
 """Quadrant 4, `listwise_lora`: LoRA tuning of the listwise letter verbalizer (LlamaRec-style reranker), no CRM.
 
-Training samples come from the training view only: for each user with at least two training interactions the
-history is their training sequence without its last item, and the candidates are that last item plus
-`eval.num_negatives` items outside the user's training sequence, shuffled and labelled A, B, C, ... (the same
-number of candidates as the sampled protocol). The answer is the true item's letter. At scoring time the
+Training samples come from the training view only (`llmrec_cli/methods/samples.py`): for each target (a
+user's last training item, or with `method.samples_per_user` earlier positions too) the history is the training
+sequence before it, and the candidates are the target plus `eval.num_negatives` negatives
+(`method.train_negatives`: unseen items, or the CRM's top items as LlamaRec trains on its retriever's),
+shuffled and labelled A, B, C, ... (the same number of candidates as the sampled protocol). The answer is the true item's letter. At scoring time the
 candidates are shown in seeded orders (`eval.permutations`; `order_sensitive`), never in the plan's or a
 pre-filter's order.
 
@@ -22,7 +23,8 @@ import numpy as np
 from llmrec_cli.llm.prompts import LETTERS
 from llmrec_cli.methods.configs import ListwiseLoraConfig
 from llmrec_cli.methods.llm_base import stack
-from llmrec_cli.methods.llm_tuned import TunedLLMMethod, training_negatives
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod
+from llmrec_cli.methods.samples import Sample
 from llmrec_cli.registry import register_method
 
 
@@ -52,26 +54,22 @@ class ListwiseLora(TunedLLMMethod):
         """The letter tokens the training softmax runs over (those Scorer.listwise reads)."""
         return tuple(self.letter_ids())
 
-    def training_samples(self, data, rng: np.random.Generator) -> list[tuple]:
-        """(user, history length, candidates, target position) per user; candidates shuffled."""
-        samples = []
-        for u in range(data.n_users):
-            seq = data.train_sequence(u)
-            if len(seq) < 2:
-                continue
-            negs = training_negatives(data, u, rng, self.num_candidates - 1)
-            cands = np.asarray([int(seq[-1]), *negs], dtype=np.int64)
+    def target_samples(self, targets, negatives, rng: np.random.Generator) -> list[Sample]:
+        """Per target: its item and `eval.num_negatives` negatives, shuffled; the answer is the item's letter."""
+        out = []
+        for t, neg in zip(targets, negatives(targets, self.num_candidates - 1), strict=True):
+            seq = self.data.train_sequence(t.user)
+            cands = np.asarray([int(seq[t.pos]), *neg], dtype=np.int64)
             order = rng.permutation(len(cands))
-            samples.append((u, len(seq) - 1, cands[order], int(np.flatnonzero(order == 0)[0])))
-        return samples
+            out.append(Sample("next", t.user, seq[: t.pos], cands[order], int(np.flatnonzero(order == 0)[0])))
+        return out
 
-    def render(self, sample: tuple):
+    def render_target(self, sample: Sample):
         from llmrec_cli.llm.training import Example
 
-        u, n_history, cands, target = sample
-        history = self.data.train_sequence(u)[:n_history]
-        prompt = self.make_prompt(u, history, candidates=self.prompts.candidate_block(cands))
-        return Example(prompt, self.prompts.answer_prefix + LETTERS[target], choices=self.choices[: len(cands)])
+        prompt = self.make_prompt(sample.user, sample.history, candidates=self.prompts.candidate_block(sample.items))
+        return Example(prompt, self.prompts.answer_prefix + LETTERS[sample.answer],
+                       choices=self.choices[: len(sample.items)])
 
     def verbalizer_params(self) -> dict:
         return {"verbalizer.index_token_ids": json.dumps(self.letter_ids())}

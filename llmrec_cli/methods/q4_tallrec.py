@@ -1,8 +1,9 @@
 """Quadrant 4, `tallrec`: LoRA instruction tuning of the LLM on Yes/No questions (TALLRec), no CRM.
 
-Training samples come from the training view only. For each user with at least two training interactions the
-history is their training sequence without its last item; that last item is asked about and answered " Yes",
-and `method.negatives_per_user` items outside the user's training sequence are asked about and answered " No".
+Training samples come from the training view only (`llmrec_cli/methods/samples.py`). For each target (a user's
+last training item, or with `method.samples_per_user` earlier positions too) the history is the training
+sequence before it; the target item is asked about and answered " Yes", and `method.negatives_per_user`
+negatives (`method.train_negatives`: unseen items, or the CRM's top items) are asked about and answered " No".
 Labels are implicit feedback by default (every interaction is a like), which matches the sampled ranking
 protocol; `method.use_ratings=true` answers the positive " No" when its rating is below `eval.like_threshold`
 (TALLRec's explicit-feedback labels, matching the pointwise protocol's labels). `method.num_samples` keeps a
@@ -17,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from llmrec_cli.methods.configs import TallRecConfig
-from llmrec_cli.methods.llm_tuned import TunedLLMMethod, training_negatives
+from llmrec_cli.methods.llm_tuned import TunedLLMMethod
+from llmrec_cli.methods.samples import Sample
 from llmrec_cli.registry import register_method
 
 
@@ -26,31 +28,31 @@ class TallRec(TunedLLMMethod):
     score_kind = "logit"
     kind = "pointwise"
 
-    def training_samples(self, data, rng: np.random.Generator) -> list[tuple]:
-        """(user, history length, item, answer) per sample; the history is the train sequence's first items."""
+    def prompts_per_target(self) -> int:
+        return 1 + int(self.cfg.negatives_per_user)
+
+    def target_samples(self, targets, negatives, rng: np.random.Generator) -> list[Sample]:
+        """Per target: its item (answer Yes, or by rating with `method.use_ratings`) and
+        `method.negatives_per_user` negatives (answer No), each with the target's history."""
         threshold = self.ctx.cfg.eval.like_threshold
-        samples = []
-        for u in range(data.n_users):
-            seq = data.train_sequence(u)
-            if len(seq) < 2:
-                continue
-            pos = int(seq[-1])
+        out = []
+        negs = negatives(targets, int(self.cfg.negatives_per_user))
+        for t, neg in zip(targets, negs, strict=True):
+            seq = self.data.train_sequence(t.user)
             like = True
             if self.cfg.use_ratings and threshold is not None:
-                rating = data.train_ratings(u)[-1]
+                rating = self.data.train_ratings(t.user)[t.pos]
                 like = bool(np.isnan(rating) or rating >= threshold)
-            samples.append((u, len(seq) - 1, pos, "Yes" if like else "No"))
-            for neg in training_negatives(data, u, rng, int(self.cfg.negatives_per_user)):
-                samples.append((u, len(seq) - 1, neg, "No"))
-        return samples
+            history = seq[: t.pos]
+            out.append(Sample("next", t.user, history, np.asarray([int(seq[t.pos])]), int(like)))
+            out += [Sample("next", t.user, history, np.asarray([int(n)]), 0) for n in neg]
+        return out
 
-    def render(self, sample: tuple):
+    def render_target(self, sample: Sample):
         from llmrec_cli.llm.training import Example
 
-        u, n_history, item, answer = sample
-        history = self.data.train_sequence(u)[:n_history]
-        prompt = self.make_prompt(u, history, candidate=self.prompts.texts[item])
-        return Example(prompt, self.prompts.answer_prefix + answer)
+        prompt = self.make_prompt(sample.user, sample.history, candidate=self.prompts.texts[int(sample.items[0])])
+        return Example(prompt, self.prompts.answer_prefix + ("Yes" if sample.answer else "No"))
 
     def verbalizer_params(self) -> dict:
         yes, no = self.scorer.verbalizer_ids(["Yes", "No"], prefix=self.prompts.answer_prefix)

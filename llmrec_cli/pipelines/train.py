@@ -58,9 +58,16 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     tags = {
         "quadrant": cfg.quadrant.id, "method": cfg.method.name, "dataset": cfg.dataset.name,
         "model": cfg.model.name, "crm": cfg.crm.name if uses_crm(cfg) else "none", "seed": cfg.seed,
+        "crm_config_hash": _crm_hash(cfg),
         **git_info(), **{f"version.{k}": v for k, v in library_versions().items()}, **dict(cfg.tags),
     }
     return {k: str(v) for k, v in tags.items()}
+
+
+def _crm_hash(cfg: DictConfig) -> str:
+    from llmrec_cli.crm.configs import crm_config_hash
+
+    return crm_config_hash(cfg.crm) if cfg.get("crm") is not None else ""
 
 
 class NullTracker:

@@ -88,3 +88,23 @@ def test_crm_topk_trains_its_crm_in_line_for_the_embedding_ranker(work):
     assert run.data.tags["crm_source"] == "inline" and run.data.metrics["crm/fit/epochs"] == 2
     assert "crm/train/loss" in run.data.metrics and run.data.params["candidates.prefilter"] == "bpr"
     assert 0.0 <= summary.metrics["test/full/ndcg_10"] <= 1.0
+
+
+def test_crm_from_run_auto_reuses_the_seeds_baseline_crm_or_trains_one(work):
+    """`crm.from_run=auto` (the four-quadrant preset's shared pre-filter): the newest FINISHED baseline run of the
+    same CRM config, seed and dataset; another seed or CRM config does not match, and with none it trains in-line."""
+    path, uri = work
+    common = ["crm=bpr", *QUICK, f"tracking.uri={uri}"]
+    q3 = ["quadrant=3", "method.scoring=likelihood", "model=tiny-llama", "candidates=crm_topk", "candidates.k=5",
+          "crm.from_run=auto"]
+    alone = run_train(compose_run([*q3, *common, "trainer.max_epochs=1"]))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    tags = client.get_run(alone.run_id).data.tags
+    assert tags["crm_source"] == "inline" and tags["crm_from_run_auto"] == "none found"
+    base = run_train(compose_run(["quadrant=baseline", *common, "trainer.max_epochs=1"]))
+    run_train(compose_run(["quadrant=baseline", *common, "trainer.max_epochs=1", "seed=1"]))  # another seed
+    run_train(compose_run(["quadrant=baseline", *common, "trainer.max_epochs=1", "crm.dim=16"]))  # another CRM
+    reused = run_train(compose_run([*q3, *common]))
+    tags = client.get_run(reused.run_id).data.tags
+    assert tags["crm_from_run"] == base.run_id and tags["crm_from_run_auto"] == base.run_id
+    assert reused.metrics["test/full/hr_20"] == pytest.approx(base.metrics["test/full/hr_20"])

@@ -61,10 +61,11 @@ def test_four_quadrants_preset_declares_one_job_per_arm(work):
     path, _ = work
     jobs = expand(["experiment=four-quadrants", "seed=0,1"])
     arms = [j[0] for j in jobs[::2]]
-    assert arms == ["arm=pop", "arm=bpr", "arm=sasrec", "arm=q1-collm", "arm=q2-llm-encoder", "arm=q3-zero-shot",
-                    "arm=q4-listwise-lora"] and len(jobs) == 14
+    # the SASRec arm comes before every arm that reuses it (crm.from_run=auto), each seed's jobs in turn
+    assert arms == ["arm=pop", "arm=bpr", "arm=sasrec", "arm=q2-llm-encoder", "arm=q1-collm", "arm=q4-listwise-lora",
+                    "arm=q3-zero-shot", "arm=q3-embed-minilm", "arm=q3-embed-smollm2"] and len(jobs) == 18
     p = llmrec("sweep", "--dry-run", "experiment=four-quadrants", cwd=path)
-    assert "7 jobs, 0 with config errors" in p.stdout
+    assert "9 jobs, 0 with config errors" in p.stdout
 
 
 def test_a_preset_sweep_runs_the_arms_given_on_the_command_line(work):

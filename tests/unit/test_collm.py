@@ -132,21 +132,21 @@ def test_training_prompts_never_show_held_out_items(tmp_path, head):
     samples = method.training_samples(view, np.random.default_rng(0))
     assert samples
     for sample in samples:
-        u, n_history = sample[0], sample[1]
+        u, n_history = sample.user, len(sample.history)
         train = data.train_sequence(u)
         held_out = {data.target(u, "valid"), data.target(u, "test")} - set(train.tolist())
         example = method.render(sample)
         items, users = soft_items(method, example.prompt)
         assert users == [(u, n_history)] and n_history <= len(train) - 1  # the user vector sees the shown prefix
-        n_cands = 1 if head == "pointwise" else len(sample[2])
+        n_cands = len(sample.items)
         history, cands = items[:-n_cands], items[-n_cands:]
         assert history == train[:n_history][-len(history):].tolist()  # the training prefix, never later items
         if head == "pointwise":
             positive = cands[0] if example.answer.strip() == "Yes" else None
             negatives = [] if positive is not None else cands
         else:
-            positive = cands[sample[3]]
-            negatives = [c for k, c in enumerate(cands) if k != sample[3]]
+            positive = cands[sample.answer]
+            negatives = [c for k, c in enumerate(cands) if k != sample.answer]
         assert positive is None or positive == int(train[-1])
         assert not set(negatives) & set(train.tolist())  # negatives from the training view (as BPR's)
         assert not held_out & set(history + ([positive] if positive is not None else []))  # shown/positive

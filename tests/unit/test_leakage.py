@@ -133,9 +133,10 @@ def test_tuned_llm_training_samples_and_prompts_show_no_valid_or_test_item(data,
     samples = method.training_samples(method.data, np.random.default_rng(0))
     assert samples
     for sample in samples:
-        u = sample[0]
+        u = sample.user
         bad = held_out(data, u)
-        shown = set(data.train_sequence(u)[: sample[1]].tolist())
+        shown = set(sample.history.tolist())
+        assert shown <= set(data.train_sequence(u).tolist()) | {0}
         assert not bad & shown, (name, u)
         example = method.render(sample)
         history = example.prompt.split("most recent last:\n", 1)[1].split("\n\n", 1)[0]
@@ -152,7 +153,8 @@ def test_tuned_llm_training_samples_do_not_depend_on_held_out_targets(data, name
     sb = b.training_samples(b.data, np.random.default_rng(0))
     assert len(sa) == len(sb)
     for x, y in zip(sa, sb, strict=True):
-        assert x[0] == y[0] and x[1] == y[1] and np.array_equal(np.asarray(x[2]), np.asarray(y[2])), (name, x, y)
+        assert (x.task, x.user, x.answer) == (y.task, y.user, y.answer), (name, x, y)
+        assert np.array_equal(x.history, y.history) and np.array_equal(x.items, y.items), (name, x, y)
 
 
 def test_few_shot_demonstrations_read_the_training_view_only(data):
