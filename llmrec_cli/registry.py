@@ -1,6 +1,7 @@
 """Explicit registries of datasets, CRMs and methods; they power `llmrec ls` and `llmrec validate`.
 
-Registration is by decorator in each module; `load_all()` imports the packages that hold them.
+Registration is by decorator in each module; `load_all()` imports every module of the packages that hold them
+(`PLUGIN_PACKAGES`), so adding a module is enough to register it.
 Nothing here imports torch, so listing is instant.
 """
 from __future__ import annotations
@@ -22,22 +23,9 @@ DATASETS: dict[str, Entry] = {}
 CRMS: dict[str, Entry] = {}
 METHODS: dict[str, Entry] = {}
 
-# Modules whose import registers entries (the CRM and method modules import torch). Adding a CRM or a method
-# means adding its module here, its schema to `crm/configs.py` / `methods/configs.py` and its YAML to conf/.
-PLUGIN_MODULES = (
-    "llmrec_cli.data.sources",
-    "llmrec_cli.crm.pop",
-    "llmrec_cli.crm.bpr",
-    "llmrec_cli.crm.sasrec",
-    "llmrec_cli.methods.baseline",
-    "llmrec_cli.methods.q3_zero_shot",
-    "llmrec_cli.methods.q3_embedding",
-    "llmrec_cli.methods.q2_llm_encoder",
-    "llmrec_cli.methods.q2_llm_augment",
-    "llmrec_cli.methods.q4_tallrec",
-    "llmrec_cli.methods.q4_listwise",
-    "llmrec_cli.methods.q1_collm",
-)
+# Packages whose modules register entries by decorator when imported (the CRM and method modules import torch).
+# Every module in them is imported by `load_all()`: a new CRM or method module needs no list of its own here.
+PLUGIN_PACKAGES = ("llmrec_cli.data.sources", "llmrec_cli.crm", "llmrec_cli.methods")
 
 
 def _register(table: dict[str, Entry], name: str, **info) -> Callable:
@@ -65,6 +53,17 @@ def register_method(name: str, quadrant: str, **info) -> Callable:
     return _register(METHODS, name, quadrant=str(quadrant), **info)
 
 
+def plugin_modules() -> list[str]:
+    """Every module of PLUGIN_PACKAGES (found by `pkgutil`, not by a hand-kept list)."""
+    import pkgutil
+
+    out = []
+    for name in PLUGIN_PACKAGES:
+        package = import_module(name)
+        out += [f"{name}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
+    return out
+
+
 def load_all() -> None:
-    for module in PLUGIN_MODULES:
+    for module in plugin_modules():
         import_module(module)

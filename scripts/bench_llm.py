@@ -24,7 +24,8 @@ ids), or ``--config`` (a local dir or hub id; random weights from the config, it
 Sections are functions in SECTIONS returning table rows: likelihood, listwise, pointwise, ties and train (LoRA
 steps: naive HF+PEFT in fp32, random batches, full-vocabulary logits at every position, vs llmrec's loop:
 length-grouped batches, the LM head at the answer positions only, in fp32 and, where `llm/precision.py` says
-bf16 pays (CUDA, or a CPU with AMX/AVX512-BF16), on bf16 base weights with fp32 LoRA weights and logits).
+bf16 pays (CUDA, or a CPU with AMX/AVX512-BF16), on bf16 base weights with fp32 LoRA weights and logits, and
+with LoRA on the top 8 layers only (`model.peft.top_layers=8`: the backward pass stops below them).
 `--dtype auto` loads the scoring model as llmrec would (bf16 where it pays); `score` = the three scoring modes.
 """
 from __future__ import annotations
@@ -299,13 +300,19 @@ def section_train(bench: Bench) -> list[dict]:
     from llmrec_cli.llm.precision import cpu_bf16_pays, model_width
 
     fast = bench.device.startswith("cuda") or cpu_bf16_pays(model_width(bench.model))[0]
-    variants = [("naive", "float32"), ("ours-fp32", "float32")] + ([("ours-bf16", "bfloat16")] if fast else [])
+    low = "bfloat16" if fast else "float32"
+    n_layers = int(bench.model.config.num_hidden_layers)
+    top = min(8, n_layers)
+    variants = [("naive", "float32", None), ("ours-fp32", "float32", None)]
+    variants += [("ours-bf16", "bfloat16", None)] if fast else []
+    variants += [(f"ours-top{top}", low, list(range(n_layers - top, n_layers)))]  # model.peft.top_layers=8
     out, first_loss = [], {}
-    for variant, dtype in variants:
+    for variant, dtype, layers in variants:
         torch.manual_seed(a.seed)
         base = copy.deepcopy(bench.model).to(getattr(torch, dtype))
         model = get_peft_model(base, LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LLAMA_LORA_TARGETS, task_type="CAUSAL_LM"))
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LLAMA_LORA_TARGETS, task_type="CAUSAL_LM",
+            layers_to_transform=layers))
         model.train()
         lm = model.get_base_model()
         body, head = lm.base_model, _head_fn(lm)
@@ -335,7 +342,7 @@ def section_train(bench: Bench) -> list[dict]:
         del model, opt, base
     for r in out[1:]:
         r["ratio"] = r["tokens_s"] / out[0]["tokens_s"]
-        r["diff"] = abs(first_loss["naive"] - first_loss[r["variant"]])
+        r["diff"] = abs(first_loss["naive"] - first_loss[r["variant"]])  # top-k: fewer adapters, same init loss
     return out
 
 

@@ -73,6 +73,7 @@ def item_texts(items: pd.DataFrame, style: str = "full") -> list[str]:
     return out
 
 
+HISTORY_CACHE = 1 << 16  # distinct histories whose fitted lines are kept (cleared when full)
 STAT_KEYS = ("prompts", "shortened", "dropped_demos", "dropped_history_lines", "dropped_tokens", "over_budget")
 
 
@@ -95,6 +96,7 @@ class PromptBuilder:
         self.chat = bool(self.use_chat_template and getattr(self.tokenizer, "chat_template", None))
         self._demo_cache: dict[tuple[int, str], list[str]] = {}
         self._text_tokens: dict[int, int] = {}
+        self._history_cache: dict[tuple[int, ...], tuple[str, ...]] = {}
 
     # ---- token counts ------------------------------------------------------------------------------
     def _size(self, text: str, special: bool = False) -> int:
@@ -115,11 +117,20 @@ class PromptBuilder:
 
     # ---- pieces ------------------------------------------------------------------------------------
     def history_lines(self, items: np.ndarray) -> list[str]:
-        """The last `max_history` items, one line each, dropping the oldest until `history_tokens` fits."""
-        lines = [f"- {self.texts[int(i)]}" for i in items[-self.max_history :]] if self.max_history > 0 else []
-        while len(lines) > 1 and self._size("\n".join(lines)) > self.history_tokens:
-            lines = lines[1:]
-        return lines
+        """The last `max_history` items, one line each, dropping the oldest until `history_tokens` fits.
+
+        Memoised per shown history (a pointwise prompt per candidate, the valid and test prompts and the
+        permutations of one user share it), so a history is tokenised for its budget once, not once per prompt."""
+        shown = tuple(int(i) for i in items[-self.max_history :]) if self.max_history > 0 else ()
+        cached = self._history_cache.get(shown)
+        if cached is None:
+            lines = [f"- {self.texts[i]}" for i in shown]
+            while len(lines) > 1 and self._size("\n".join(lines)) > self.history_tokens:
+                lines = lines[1:]
+            if len(self._history_cache) >= HISTORY_CACHE:
+                self._history_cache.clear()
+            cached = self._history_cache[shown] = tuple(lines)
+        return list(cached)
 
     def candidate_block(self, items) -> str:
         if len(items) > len(LETTERS):

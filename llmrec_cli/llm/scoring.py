@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from llmrec_cli.llm.head import LMHead
 from llmrec_cli.llm.prefix import Prefix, select_cache, shared_prefix_groups
 from llmrec_cli.llm.tokens import cut_left, encode_prompts
 
@@ -75,18 +76,6 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return _pad(seqs, pad_id, left=False)
 
 
-def _plain_linear(module) -> bool:
-    """Whether MODULE computes exactly ``F.linear(x, weight, bias)`` with a float weight we can read: an
-    ``nn.Linear`` (or subclass) with nn.Linear's own forward, no hooks, no replaced forward (accelerate), a
-    float weight that is not on the meta device. peft's LoRA layers, quantized layers and hooked heads are not."""
-    if not isinstance(module, torch.nn.Linear) or type(module).forward is not torch.nn.Linear.forward:
-        return False
-    if "forward" in vars(module) or module._forward_hooks or module._forward_pre_hooks:
-        return False
-    weight = module.weight
-    return weight.is_floating_point() and weight.device.type != "meta"
-
-
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids for a left-padded batch: 0 at each row's first real token (pads get 0)."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
@@ -118,7 +107,7 @@ class Scorer:
     ``seconds``, ``truncated_prompts`` (token lists cut to ``max_length``) and ``truncated_tokens`` (tokens
     those cuts dropped) across calls; ``reset_stats()`` zeroes them.
 
-    LM head: a plain linear head (see ``_plain_linear``) is computed in fp32 from its weight (and bias), whatever
+    LM head (``llmrec_cli.llm.head.LMHead``, shared with the LoRA loop): a plain linear head is computed in fp32 from its weight (and bias), whatever
     the model's dtype. ``likelihood`` needs the whole vocabulary: it keeps an fp32 copy of a non-fp32 head
     weight (V x H x 4 bytes, e.g. 1 GiB for Llama-3.2-1B) for the Scorer's life, re-made when the weight tensor
     changes (storage or in-place version). Any other head (a peft-wrapped ``lm_head`` with LoRA or
@@ -149,15 +138,9 @@ class Scorer:
         # peft's PeftModel wraps the transformers model; its LoRA layers live inside the unwrapped one.
         self._lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._body = getattr(self._lm, "base_model", self._lm)
-        self._head_module = self._lm.get_output_embeddings() if hasattr(self._lm, "get_output_embeddings") \
-            else None
-        config = getattr(self._lm, "config", None)
-        self._softcap = getattr(config, "final_logit_softcapping", None)
-        self._logit_scale = getattr(config, "logit_scale", None)
+        self._head = LMHead(self._lm)  # fp32 logits; the LoRA loop computes its loss with the same head
         bos = getattr(tokenizer, "bos_token_id", None)
         self._bos_id = int(bos) if bos is not None else None
-        self._weight32: torch.Tensor | None = None
-        self._weight32_key: tuple | None = None
         self._warned_truncation = False
         self.reset_stats()
 
@@ -210,54 +193,6 @@ class Scorer:
         self.stats["forward_calls"] += 1
         self.stats["tokens"] += int((new_mask if new_mask is not None else mask).sum())
         return out
-
-    def _head(self, hidden: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 logits [..., k] of vocabulary columns ``cols`` (all columns, [..., V], when None) from hidden
-        states [..., H], on hidden's device.
-
-        A plain linear head is computed as ``hidden.float() @ W[cols].float().T (+ bias[cols])``: no rounding to
-        the model's dtype, and only k columns of work. Other heads are called as modules and cast (see the
-        class docstring). ``logit_scale`` and ``final_logit_softcapping`` are applied after, as the model does.
-        """
-        module = self._head_module
-        if module is None:
-            raise TypeError(f"{type(self._lm).__name__} has no LM head: only embed() works with it")
-        if _plain_linear(module):
-            weight, bias = module.weight, module.bias
-            x = hidden.to(weight.device).float()
-            if cols is None:
-                logits = x @ self._fp32_weight(weight).T
-            else:
-                cols = cols.to(weight.device)
-                logits = x @ weight[cols].float().T
-            if bias is not None:
-                logits = logits + (bias if cols is None else bias[cols]).float()
-            logits = logits.to(hidden.device)
-        else:
-            logits = module(hidden).float()
-            if cols is not None:
-                logits = logits[..., cols.to(logits.device)]
-        if self._logit_scale is not None:
-            logits = logits * self._logit_scale
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
-
-    def _fp32_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """WEIGHT in fp32: itself when it is fp32, else a cached copy, re-made when WEIGHT's storage, in-place
-        version, dtype or shape changed (training steps bump the version). Weights without a version counter
-        (inference tensors) are copied on every call."""
-        if weight.dtype == torch.float32:
-            return weight
-        try:
-            key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), weight.device)
-        except RuntimeError:  # inference tensors track no version: never trust a cached copy of them
-            return weight.detach().float()
-        if self._weight32 is None or self._weight32_key != key:
-            self._weight32 = None  # free the old copy before making the new one
-            self._weight32 = weight.detach().float()
-            self._weight32_key = key
-        return self._weight32
 
     def _encode(self, texts: Sequence[Prompt], special: bool = True) -> list[list[int]]:
         """Token ids (text through ``encode_prompts``), each list fitted to max_length (``_fit``); prompts

@@ -417,29 +417,13 @@ def answer_loss(body, head: Callable, ids, mask, labels, choices=None,
 
 
 def _head_fn(lm) -> Callable:
-    """The LM head as a function of hidden states -> fp32 logits (with the model's logit scale / softcap)."""
-    head = lm.get_output_embeddings()
-    if head is None:
+    """The LM head as a function of hidden states -> fp32 logits: the Scorer's `LMHead`, so training and scoring
+    read the same logits."""
+    from llmrec_cli.llm.head import LMHead
+
+    if lm.get_output_embeddings() is None:
         raise TypeError(f"{type(lm).__name__} has no LM head: only causal LMs can be tuned with train_lora")
-    config = getattr(lm, "config", None)
-    scale = getattr(config, "logit_scale", None)
-    softcap = getattr(config, "final_logit_softcapping", None)
-
-    plain = isinstance(head, torch.nn.Linear) and type(head) is torch.nn.Linear
-
-    def fn(hidden: torch.Tensor) -> torch.Tensor:
-        if plain:  # fp32 logits from a bf16 model too (low-precision logits tie; the Scorer does the same)
-            bias = None if head.bias is None else head.bias.float()
-            logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
-        else:
-            logits = head(hidden).float()
-        if scale is not None:
-            logits = logits * scale
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
-
-    return fn
+    return LMHead(lm)
 
 
 def _warmup_linear(optimizer, total_steps: int, warmup_ratio: float):

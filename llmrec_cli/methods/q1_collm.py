@@ -5,9 +5,12 @@ mapped by a trainable projector into the LLM's input-embedding space, sits right
 history and candidate lines) and, optionally, a user vector on its own line before the history. Feature ->
 config key:
 
-- head: `method.head=pointwise` (Yes/No, P(Yes) / (P(Yes) + P(No)), TALLRec's samples and
+- the recipe: `llmrec_cli.methods.llm_tuned.TunedLLM` with `SoftItems` (below) as its item representation and
+  the head `method.head=pointwise` (Yes/No, P(Yes) / (P(Yes) + P(No)), TALLRec's samples and
   `method.negatives_per_user`, `method.use_ratings`) | `listwise` (letters over the candidates, the softmax
-  restricted to the letters, `listwise_lora`'s samples); the heads share those classes' sample logic.
+  restricted to the letters, `listwise_lora`'s samples): the same heads as quadrant 4 (`methods/heads.py`).
+- items: `method.item_repr=title+id` (the title, then its soft token), `id` (the soft token alone, E4SRec style:
+  about 3 tokens per item instead of about 10) or `title` (no item token; the user token stays).
 - CRM: `crm=sasrec|bpr`, trained in-line before the LLM, or reused with `crm.from_run=<run id>`
   (`llmrec_cli.crm.reuse`; tags `crm_source`, `crm_from_run`). Frozen (eval mode, no gradients) unless
   `crm.trainable=true`: then its item/user vectors are computed inside the graph at every step and its
@@ -52,9 +55,8 @@ from torch import nn
 from llmrec_cli.errors import ConfigError, LlmrecError
 from llmrec_cli.llm.prompts import PromptBuilder
 from llmrec_cli.methods.configs import CollmConfig
-from llmrec_cli.methods.llm_tuned import TunedLLMMethod
-from llmrec_cli.methods.q4_listwise import ListwiseLora
-from llmrec_cli.methods.q4_tallrec import TallRec
+from llmrec_cli.methods.heads import HEADS
+from llmrec_cli.methods.llm_tuned import TunedLLM
 from llmrec_cli.registry import register_method
 from llmrec_cli.utils.io import atomic_path
 
@@ -198,56 +200,63 @@ class SoftPromptBuilder(PromptBuilder):
         return super()._size(MARKER.sub("", text), special) + len(MARKER.findall(text))
 
 
-class CollmMethod(TunedLLMMethod):
-    """CRM soft tokens on top of a quadrant-4 head (mixed in before `TallRec` / `ListwiseLora`)."""
+class SoftItems:
+    """Items as CRM soft tokens (`method.item_repr`), for the tuned-LLM recipe: the CRM, the projector, the
+    soft-token prompts and their checkpoint files (see the module docstring)."""
 
     prompt_builder = SoftPromptBuilder
 
-    def __init__(self, cfg, ctx):
-        super().__init__(cfg, ctx)
+    def __init__(self, item_repr: str = "title+id"):
+        self.name = f"soft:{item_repr}"
+        self.item_repr = item_repr
         self.crm = None
         self.soft: SoftTokens | None = None
         self._saved_projector: dict | None = None
+        self._piece_ids = None
 
-    def check_config(self) -> None:
-        super().check_config()
-        if str(self.cfg.item_repr) not in ITEM_REPR:
-            raise ConfigError(f"method.item_repr={self.cfg.item_repr} is not one of {', '.join(ITEM_REPR)}")
-        if int(self.cfg.projector_hidden) < 0:
-            raise ConfigError(f"method.projector_hidden={self.cfg.projector_hidden} must be >= 0 (0: linear)")
-        if float(self.cfg.projector_lr) <= 0:
-            raise ConfigError(f"method.projector_lr={self.cfg.projector_lr} must be > 0")
+    def check(self, m) -> None:
+        cfg = m.cfg
+        if str(cfg.item_repr) not in ITEM_REPR:
+            raise ConfigError(f"method.item_repr={cfg.item_repr} is not one of {', '.join(ITEM_REPR)}")
+        if int(cfg.projector_hidden) < 0:
+            raise ConfigError(f"method.projector_hidden={cfg.projector_hidden} must be >= 0 (0: linear)")
+        if float(cfg.projector_lr) <= 0:
+            raise ConfigError(f"method.projector_lr={cfg.projector_lr} must be > 0")
 
     # ---- setup ----------------------------------------------------------------------------------------
-    def setup_tuned(self, adapter_dir: Path | None = None) -> None:
-        """The CRM (unless `load` set it), backbone + LoRA, the projector and the soft-token prompts."""
+    def before_backbone(self, m) -> None:
+        """The CRM (unless `load` set it): trained in-line or reused (`crm.from_run`)."""
         from llmrec_cli.crm.reuse import component_crm
 
         if self.crm is None:
             t0 = time.perf_counter()
-            self.crm = component_crm(self.ctx, self.data)
-            self._cost["cost/crm_seconds"] = time.perf_counter() - t0
-        trainable = bool(self.ctx.cfg.crm.get("trainable", False))
-        self.crm.eval().requires_grad_(trainable)
-        super().setup_tuned(adapter_dir)
-        embeddings = self.loaded.model.get_input_embeddings()
+            self.crm = component_crm(m.ctx, m.data)
+            m._cost["cost/crm_seconds"] = time.perf_counter() - t0
+        self.crm.eval().requires_grad_(bool(m.ctx.cfg.crm.get("trainable", False)))
+
+    def after_backbone(self, m) -> None:
+        """The projector and the soft-token embed_fn of the scorer."""
+        trainable = bool(m.ctx.cfg.crm.get("trainable", False))
+        embeddings = m.loaded.model.get_input_embeddings()
         crm_dim = int(self.crm.item_embeddings().shape[1])
-        torch.manual_seed(self.ctx.seed)
-        projector = build_projector(crm_dim, int(self.cfg.projector_hidden), int(embeddings.embedding_dim))
-        projector.to(self.ctx.device)
-        self.soft = SoftTokens(embeddings, projector, self.crm, self.data.n_items, cache=not trainable)
+        torch.manual_seed(m.ctx.seed)
+        projector = build_projector(crm_dim, int(m.cfg.projector_hidden), int(embeddings.embedding_dim))
+        projector.to(m.ctx.device)
+        self.soft = SoftTokens(embeddings, projector, self.crm, m.data.n_items, cache=not trainable)
         if self._saved_projector is not None:
             self._restore_projector(self._saved_projector)
-        self.scorer.embed_fn = self.soft
-        self._piece_ids = functools.lru_cache(maxsize=1 << 17)(self._tokenize)
-        self.ctx.log_params({
+        m.scorer.embed_fn = self.soft
+        self._piece_ids = functools.lru_cache(maxsize=1 << 17)(functools.partial(self._tokenize, m))
+        m.ctx.log_params({
             "collm.projector_parameters": sum(p.numel() for p in projector.parameters()),
-            "collm.projector": "->".join(str(d) for d in (crm_dim, int(self.cfg.projector_hidden),
+            "collm.projector": "->".join(str(d) for d in (crm_dim, int(m.cfg.projector_hidden),
                                                           int(embeddings.embedding_dim)) if d > 0),
             "collm.crm": self.crm.cfg.name, "collm.crm_dim": crm_dim, "collm.crm_trainable": trainable,
-            "collm.user_token": bool(self.cfg.use_user_embedding), "collm.vocab_size": self.soft.vocab,
-            "collm.soft_tokens": "item: vocab + item_idx, after each item's text; user: vocab + n_items + 1 + "
-                                 "slot (one per distinct user history shown), on a line before the history",
+            "collm.user_token": bool(m.cfg.use_user_embedding), "collm.vocab_size": self.soft.vocab,
+            "collm.item_repr": self.item_repr,
+            "collm.soft_tokens": "item: vocab + item_idx, after each item's text (item_repr=id: instead of it); "
+                                 "user: vocab + n_items + 1 + slot (one per distinct user history shown), on a "
+                                 "line before the history",
         })
 
     def _restore_projector(self, saved: dict) -> None:
@@ -257,39 +266,36 @@ class CollmMethod(TunedLLMMethod):
                               f"evaluate the checkpoint on the dataset and model it was trained with")
         self.soft.projector.load_state_dict(saved["state_dict"])
 
-    def train_options(self) -> dict:
-        extra = [(list(self.soft.projector.parameters()), float(self.cfg.projector_lr))]
-        if bool(self.ctx.cfg.crm.get("trainable", False)):
-            extra.append((list(self.crm.parameters()), float(self.ctx.cfg.trainer.lr)))
+    def prompt_options(self, m) -> dict:
+        return {"item_repr": self.item_repr}
+
+    def train_options(self, m) -> dict:
+        extra = [(list(self.soft.projector.parameters()), float(m.cfg.projector_lr))]
+        if bool(m.ctx.cfg.crm.get("trainable", False)):
+            extra.append((list(self.crm.parameters()), float(m.ctx.cfg.trainer.lr)))
         return {"embed_fn": self.soft, "extra_params": extra}
 
-    def log_prompting(self) -> None:
-        super().log_prompting()
+    def negative_crm(self, m):
+        """`method.train_negatives=crm` reads the method's own CRM."""
+        return self.crm
+
+    def log_prompting(self, m) -> None:
         user = ("- [user-emb] on a line before the history: the CRM's representation of that history\n"
-                if self.cfg.use_user_embedding else "")
-        self.ctx.log_text("Soft tokens (CRM vectors through the projector, one input position each):\n"
-                          "- [item-emb] right after each item's text in the history and candidate lines\n"
-                          f"{user}Extended ids: {self.soft.layout()}\n", "prompts/soft_tokens.txt")
+                if m.cfg.use_user_embedding else "")
+        where = "instead of each item's text" if self.item_repr == "id" else "right after each item's text"
+        m.ctx.log_text("Soft tokens (CRM vectors through the projector, one input position each):\n"
+                       f"- [item-emb] {where} in the history and candidate lines\n"
+                       f"{user}Extended ids: {self.soft.layout()}\n", "prompts/soft_tokens.txt")
 
     # ---- prompts --------------------------------------------------------------------------------------
-    def history_lead(self, user: int, history: np.ndarray) -> str:
-        if not self.cfg.use_user_embedding:
+    def history_lead(self, m, user: int, history: np.ndarray) -> str:
+        if not m.cfg.use_user_embedding:
             return ""
         history = np.asarray(history)
         shown = history[history > 0]  # a masked-item prompt's hidden item (0) is not part of the user vector
         return f"User profile: {user_marker(self.soft.user_slot(user, shown))}\n"
 
-    def negative_crm(self):
-        """`method.train_negatives=crm` reads the method's own CRM."""
-        return self.crm
-
-    def prompt_options(self) -> dict:
-        return {**super().prompt_options(), "item_repr": str(self.cfg.item_repr)}
-
-    def make_prompt(self, user: int, history: np.ndarray, **fields) -> list[int]:
-        return self.make_soft(super().make_prompt(user, history, **fields))
-
-    def make_soft(self, text: str, special: bool = True) -> list[int]:
+    def encode(self, m, text: str, special: bool = True) -> list[int]:
         """Token ids of a marked TEXT: pieces between markers tokenised (the first with special tokens), the
         markers replaced by their extended ids."""
         parts = MARKER.split(text)
@@ -300,15 +306,16 @@ class CollmMethod(TunedLLMMethod):
             ids += self._piece_ids(parts[k + 2], False)
         return ids
 
-    def _tokenize(self, piece: str, special: bool) -> tuple[int, ...]:
+    @staticmethod
+    def _tokenize(m, piece: str, special: bool) -> tuple[int, ...]:
         """Token ids of a text PIECE; the first piece of a prompt (SPECIAL) as `tokens.encode_prompts` does."""
         from llmrec_cli.llm.tokens import encode_prompts
 
         if not piece:
             return ()
-        return tuple(encode_prompts(self.loaded.tokenizer, [piece], special=special)[0])
+        return tuple(encode_prompts(m.loaded.tokenizer, [piece], special=special)[0])
 
-    def show(self, prompt) -> str:
+    def show(self, m, prompt) -> str:
         """The prompt as the LLM reads it: text, with [item-emb] / [user-emb] where the soft tokens are."""
         if isinstance(prompt, str):
             return prompt
@@ -318,57 +325,41 @@ class CollmMethod(TunedLLMMethod):
                 run.append(int(t))
                 continue
             if run:
-                out.append(self.loaded.tokenizer.decode(run))
+                out.append(m.loaded.tokenizer.decode(run))
                 run = []
             if t is not None:
                 out.append(SHOWN[self.soft.decode(t)[0]])
         return "".join(out)
 
     # ---- checkpoint -----------------------------------------------------------------------------------
-    def save(self, path: Path) -> list[Path]:
-        """`adapter/` (peft), `projector.pt` (weights + soft-token layout) and `crm.pt` (`save_crm`)."""
+    def save(self, m, path: Path) -> list[Path]:
+        """`projector.pt` (weights + soft-token layout) and `crm.pt` (`save_crm`)."""
         from llmrec_cli.crm.reuse import CRM_FILE, save_crm
 
-        path = Path(path)
-        files = super().save(path)
         with atomic_path(path / PROJECTOR_FILE) as tmp:
             torch.save({"state_dict": self.soft.projector.state_dict(), "layout": self.soft.layout(),
-                        "projector_hidden": int(self.cfg.projector_hidden)}, tmp)
+                        "projector_hidden": int(m.cfg.projector_hidden)}, tmp)
         tmp_dir = Path(tempfile.mkdtemp(prefix=".crm-", dir=path))
         try:
             os.replace(save_crm(self.crm, tmp_dir), path / CRM_FILE)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        return [*files, path / PROJECTOR_FILE, path / CRM_FILE]
+        return [path / PROJECTOR_FILE, path / CRM_FILE]
 
-    def load(self, path: Path, data) -> None:
+    def load(self, m, path: Path) -> None:
         from llmrec_cli.crm.reuse import CRM_FILE, load_crm_file
 
-        path = Path(path)
         for name in (PROJECTOR_FILE, CRM_FILE):
             if not (path / name).is_file():
                 raise LlmrecError(f"{path}/{name} not found: the checkpoint is not from a finished method=collm run")
-        self.data = data
-        self.crm = load_crm_file(path, self.ctx.cfg.crm, data, self.ctx.device)
-        self._saved_projector = torch.load(path / PROJECTOR_FILE, map_location=self.ctx.device, weights_only=True)
-        self.ctx.set_tags({"crm_source": "checkpoint"})
-        super().load(path, data)
-
-
-class CollmPointwise(CollmMethod, TallRec):
-    """`method=collm method.head=pointwise`: TALLRec's Yes/No samples and scoring with soft tokens."""
-
-
-class CollmListwise(CollmMethod, ListwiseLora):
-    """`method=collm method.head=listwise`: listwise_lora's letter samples and scoring with soft tokens."""
-
-
-HEADS = {"pointwise": CollmPointwise, "listwise": CollmListwise}
+        self.crm = load_crm_file(path, m.ctx.cfg.crm, m.data, m.ctx.device)
+        self._saved_projector = torch.load(path / PROJECTOR_FILE, map_location=m.ctx.device, weights_only=True)
+        m.ctx.set_tags({"crm_source": "checkpoint"})
 
 
 @register_method("collm", quadrant="1", schema=CollmConfig)
-def collm(cfg, ctx) -> CollmMethod:
-    """The collm method with the head named by `method.head` (pointwise | listwise)."""
+def collm(cfg, ctx) -> TunedLLM:
+    """The tuned-LLM recipe with CRM soft tokens and the head named by `method.head` (pointwise | listwise)."""
     if cfg.head not in HEADS:
         raise ConfigError(f"method.head={cfg.head} is not one of {', '.join(HEADS)}")
-    return HEADS[cfg.head](cfg, ctx)
+    return TunedLLM(cfg, ctx, head=HEADS[cfg.head](), items=SoftItems(str(cfg.get("item_repr", "title+id"))))

@@ -15,7 +15,9 @@ from llmrec_cli.data.load import load_prepared
 from llmrec_cli.errors import ConfigError
 from llmrec_cli.llm.training import STATE_FILE
 from llmrec_cli.methods.base import RunContext
-from llmrec_cli.methods.q1_collm import CollmListwise, CollmPointwise
+from llmrec_cli.methods.heads import ListwiseHead, PointwiseHead
+from llmrec_cli.methods.llm_tuned import TunedLLM
+from llmrec_cli.methods.q1_collm import SoftItems
 from tests.helpers import crash_then_constant
 
 QUICK = ["method=collm", "model=tiny-llama-lora", "crm=sasrec", "dataset=synthetic", "eval.max_users=12",
@@ -69,10 +71,13 @@ def soft_items(method, ids) -> tuple[list[int], list[tuple[int, int]]]:
     return [a for kind, a in decoded if kind == "item"], [(u, len(h)) for u, h in users]
 
 
-def test_the_head_picks_the_class_and_quadrant_1_defaults_to_collm(tmp_path):
-    assert isinstance(make("pointwise", tmp_path)[0], CollmPointwise)
+def test_the_head_picks_the_recipes_parts_and_quadrant_1_defaults_to_collm(tmp_path):
+    method, _ = make("pointwise", tmp_path)
+    assert isinstance(method, TunedLLM) and isinstance(method.head, PointwiseHead) and method.score_kind == "logit"
+    assert isinstance(method.items, SoftItems)
     method, _ = make("listwise", tmp_path)
-    assert isinstance(method, CollmListwise) and method.score_kind == "score" and not method.supports_full
+    assert isinstance(method.head, ListwiseHead) and method.score_kind == "score" and not method.supports_full
+    assert method.order_sensitive
     assert compose_run(["quadrant=1", "model=tiny-llama-lora", "crm=sasrec"]).method.name == "collm"
 
 
