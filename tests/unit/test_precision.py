@@ -61,3 +61,28 @@ def test_length_grouped_batches_cover_every_example_once_with_less_padding():
     assert padded < 0.8 * naive
     again = length_grouped_batches(lengths, 8, np.random.default_rng(1))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_training_loss_reads_the_scorers_logits():
+    """One LM-head path: the listwise training loss at the answer position is the cross-entropy of exactly the
+    log-softmax Scorer.listwise returns for the same prompt (same fp32 head, same letters)."""
+    import torch
+
+    from llmrec_cli.llm.head import LMHead
+    from llmrec_cli.llm.scoring import Scorer
+    from llmrec_cli.llm.tiny import tiny_llama
+    from llmrec_cli.llm.training import Example, _head_fn, answer_loss, collate, encode
+
+    model, tok = tiny_llama(0)
+    scorer = Scorer(model, tok, "cpu", batch_size=2)
+    letters = ["A", "B", "C"]
+    ids = tuple(scorer.verbalizer_ids(letters, prefix=" "))
+    prompt = "history: a b c\nCandidates:\nA. x\nB. y\nC. z\nAnswer:"
+    scores = scorer.listwise([prompt], [3], labels=letters, prefix=" ")[0]
+    head = _head_fn(model)
+    assert isinstance(head, LMHead)
+    rows = encode([Example(prompt, " B", choices=ids)], tok, 1024)
+    batch = collate(rows, int(tok.pad_token_id or 0), "cpu")
+    with torch.no_grad():
+        loss = answer_loss(model.model, head, *batch)
+    assert float(loss) == pytest.approx(-scores[1], abs=1e-5)
