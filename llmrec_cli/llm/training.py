@@ -17,7 +17,8 @@ config (`max_epochs`). Feature -> config key:
   and the loss's logits are computed in fp32; gradient checkpointing is switched on by
   `apply_lora` from `model.gradient_checkpointing`.
 - several GPUs: `accelerate launch --num_processes N -m llmrec_cli train ...` (or torchrun); each rank trains on
-  every N-th batch and the trainable gradients are averaged before each step, rank 0 validates and saves
+  every N-th example of each global batch (`trainer.batch_size` x N, length-grouped as one process would) and
+  the trainable gradients are averaged before each step, rank 0 validates and saves
   (`llmrec_cli/llm/distributed.py`).
 - epochs: `min(trainer.max_epochs, method.max_epochs)`. With one epoch there is nothing to select and the loop
   does not validate (the run's own valid evaluation still follows). Otherwise every `trainer.eval_every` epochs the valid metric
@@ -201,11 +202,14 @@ class LoraTrainer:
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """One pass over the shuffled examples: (mean loss per example, tokens fed, seconds)."""
         self.model.train()
-        batches = length_grouped_batches([len(r.prompt) + len(r.answer) for r in self.rows], self.batch_size,
-                                         self.shuffle)
-        if self.world.active:  # every rank the same number of batches (the first ones repeat), every N-th one
-            per_rank = math.ceil(len(batches) / self.world.size)
-            batches = (batches + batches[:per_rank * self.world.size - len(batches)])[self.world.rank::self.world.size]
+        size = self.world.size if self.world.active else 1
+        # Batches of the global size (batch_size x ranks), so N processes step exactly like one process with an
+        # N times larger batch; each rank takes every N-th example of each (a batch too small for every rank
+        # lends its first example to the ranks left without one).
+        batches = length_grouped_batches([len(r.prompt) + len(r.answer) for r in self.rows],
+                                         self.batch_size * size, self.shuffle)
+        if self.world.active:
+            batches = [b[self.world.rank::size] if len(b) > self.world.rank else b[:1] for b in batches]
         total_loss, total_tokens, seen = 0.0, 0, 0
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)

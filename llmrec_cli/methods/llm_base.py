@@ -97,10 +97,19 @@ class LLMMethod(Method):
 
         return [save_crm(self.prefilter, Path(path))]
 
+    def setup(self, data) -> None:
+        """Frozen LLM methods (quadrant 3): load the backbone, the pre-filter and the prompts; nothing is trained,
+        so `fit` and `load` both only set up."""
+        raise NotImplementedError(f"{type(self).__name__} implements fit/load itself")
+
+    def fit(self, data):
+        self.setup(data)
+        return {}
+
     def load(self, path: Path, data) -> None:
-        """Frozen LLM methods have nothing trained but the pre-filter: set up as in `fit`, reading the checkpoint."""
+        """A frozen method's checkpoint holds only the pre-filter (`crm.pt`): set up, reading it from PATH."""
         self.load_dir = Path(path)
-        self.fit(data)
+        self.setup(data)
 
     def timed(self, fn, n_users: int):
         """Run a scoring call, adding its wall time and user count to the cost figures."""

@@ -24,13 +24,12 @@ from llmrec_cli.utils.io import atomic_write, cache_dir
 class EmbeddingZeroShot(LLMMethod):
     score_kind = "score"
 
-    def fit(self, data):
+    def setup(self, data) -> None:
         self.data = data
         self.setup_llm()
         texts = item_texts(data.items, str(self.cfg.item_text))
         self.item_emb = self._item_embeddings(texts)
         self.ctx.log_text("\n".join(texts[1:6]), "prompts/example_item_texts.txt")
-        return {}
 
     def _item_embeddings(self, texts: list[str]) -> np.ndarray:
         pooling = self.ctx.cfg.model.pooling

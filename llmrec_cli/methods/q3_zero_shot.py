@@ -26,7 +26,7 @@ from llmrec_cli.registry import register_method
 class ZeroShot(LLMMethod):
     supports_full = False  # one LLM call per user x item over the whole catalogue is not affordable
 
-    def fit(self, data):
+    def setup(self, data) -> None:
         self.data = data
         self.setup_llm()
         cfg = self.cfg
@@ -38,7 +38,6 @@ class ZeroShot(LLMMethod):
         self.score_kind = "logit" if cfg.scoring == "pointwise" else "score"
         self.order_sensitive = cfg.scoring == "listwise"
         self._log_prompting()
-        return {}
 
     def _log_prompting(self) -> None:
         kind = self.cfg.scoring
