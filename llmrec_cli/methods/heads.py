@@ -21,6 +21,11 @@ from llmrec_cli.llm.prompts import LETTERS
 from llmrec_cli.methods.samples import Sample
 
 
+def letter_ids(m, n: int) -> tuple[int, ...]:
+    """The token ids of the first N candidate letters after the answer prefix (listwise head and aux tasks)."""
+    return tuple(m.scorer.verbalizer_ids(LETTERS[:n], prefix=m.prompts.answer_prefix))
+
+
 class PointwiseHead:
     name = "pointwise"
     kind = "pointwise"  # the prompt template (llmrec_cli/llm/prompts.py)
@@ -87,9 +92,6 @@ class ListwiseHead:
     def prompts_per_target(self, m) -> int:
         return 1
 
-    def letter_ids(self, m, n: int) -> tuple[int, ...]:
-        return tuple(m.scorer.verbalizer_ids(LETTERS[:n], prefix=m.prompts.answer_prefix))
-
     def target_samples(self, m, targets, negatives, rng: np.random.Generator) -> list[Sample]:
         out = []
         for t, neg in zip(targets, negatives(targets, self.num_candidates(m) - 1), strict=True):
@@ -104,13 +106,13 @@ class ListwiseHead:
 
         prompt = m.make_prompt(sample.user, sample.history, candidates=m.prompts.candidate_block(sample.items))
         return Example(prompt, m.prompts.answer_prefix + LETTERS[sample.answer],
-                       choices=self.letter_ids(m, len(sample.items)))
+                       choices=letter_ids(m, len(sample.items)))
 
     def fields(self, m, items) -> dict:
         return {"candidates": m.prompts.candidate_block(items)}
 
     def verbalizer_params(self, m) -> dict:
-        return {"verbalizer.index_token_ids": json.dumps(list(self.letter_ids(m, self.num_candidates(m))))}
+        return {"verbalizer.index_token_ids": json.dumps(list(letter_ids(m, self.num_candidates(m))))}
 
     def score(self, m, users, histories, items) -> np.ndarray:
         prompts = [m.make_prompt(int(u), history, candidates=m.prompts.candidate_block(row))

@@ -220,8 +220,10 @@ class TunedLLM(LLMMethod):
         kind = "mim" if sample.task == "mim" else "listwise"
         prompt = self.make_prompt(sample.user, sample.history, kind=kind,
                                   candidates=self.prompts.candidate_block(sample.items))
-        letters = tuple(self.scorer.verbalizer_ids(LETTERS[: len(sample.items)], prefix=self.prompts.answer_prefix))
-        return Example(prompt, self.prompts.answer_prefix + LETTERS[sample.answer], choices=letters)
+        from llmrec_cli.methods.heads import letter_ids
+
+        return Example(prompt, self.prompts.answer_prefix + LETTERS[sample.answer],
+                       choices=letter_ids(self, len(sample.items)))
 
     def log_samples(self, samples: list[Sample], examples: list) -> None:
         counts = {task: sum(s.task == task for s in samples) for task in ("next", "mim", "bpr")}
