@@ -147,7 +147,24 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         if extra or first is not overrides:
             cfg = _compose(overrides + [_quote_numeric_choice(o) for o in extra])
     validate(cfg)
+    resolve_epochs(cfg)
     return cfg
+
+
+def resolve_epochs(cfg: DictConfig) -> None:
+    """The one epoch rule: `trainer.max_epochs` when given, else the method's default (`method.max_epochs`, set
+    in conf/method/*.yaml), else the CRM's (`crm.max_epochs`, conf/crm/*.yaml). `trainer.epochs_from` says which."""
+    if cfg.trainer.max_epochs is not None:
+        source = "trainer.max_epochs"
+    elif cfg.method.get("max_epochs") is not None:
+        cfg.trainer.max_epochs, source = cfg.method.max_epochs, f"method.max_epochs (method={cfg.method.name})"
+    elif cfg.get("crm") is not None and cfg.crm.get("max_epochs") is not None:
+        cfg.trainer.max_epochs, source = cfg.crm.max_epochs, f"crm.max_epochs (crm={cfg.crm.name})"
+    else:
+        cfg.trainer.max_epochs, source = 1, "default"
+    if cfg.trainer.max_epochs < 1:
+        raise ConfigError(f"{source.split()[0]}={cfg.trainer.max_epochs} must be >= 1")
+    cfg.trainer.epochs_from = source
 
 
 def _default_method(quadrant: str) -> str:

@@ -31,6 +31,7 @@ class MethodConfig:
 
     name: str = MISSING
     quadrant: str = MISSING
+    max_epochs: int | None = None  # this method's default for trainer.max_epochs (null: the CRM's, crm.max_epochs)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CRMConfig:
     """Base schema of a conventional recommender; each CRM subclasses it."""
 
     name: str = MISSING
+    max_epochs: int = 200  # this CRM's default for trainer.max_epochs (early stopping usually ends sooner)
     from_run: str | None = None  # reuse the CRM of a finished MLflow run instead of training it
     trainable: bool = False  # when used as a component: tune it jointly (quadrant 1)
 
@@ -119,7 +121,8 @@ class EvalConfig:
 class TrainerConfig:
     """The training loop shared by trainable methods."""
 
-    max_epochs: int = 200
+    max_epochs: int | None = None  # null: the method's default (method.max_epochs, else crm.max_epochs)
+    epochs_from: str | None = None  # set by compose: which key max_epochs came from (printed, logged)
     patience: int = 10  # epochs without improvement of `eval.monitor` before stopping
     eval_every: int = 1
     device: str = "auto"  # auto | cpu | cuda

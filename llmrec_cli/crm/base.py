@@ -111,6 +111,9 @@ def fit_crm(crm: CRM, data: TrainView, ctx, validate, monitor: str) -> dict[str,
     if not crm.trainable:
         return {"epochs": 0.0}
     tcfg = ctx.cfg.trainer
+    from llmrec_cli.utils.console import epochs_line, say
+
+    say(epochs_line(tcfg, crm.cfg.name))
     rng = np.random.default_rng(ctx.seed)
     optimizer = crm.make_optimizer()
     best, best_epoch, best_state, bad = -np.inf, 0, None, 0

@@ -45,7 +45,7 @@ SCHEMAS = {"pop": PopConfig, "bpr": BPRConfig, "sasrec": SASRecConfig}
 
 
 #: CRM keys that do not change the trained CRM (left out of `crm_config_hash`).
-NOT_CRM_CONFIG = ("from_run", "trainable")
+NOT_CRM_CONFIG = ("from_run", "trainable", "max_epochs")  # max_epochs: a default of trainer.max_epochs
 
 
 def crm_config_hash(crm_cfg) -> str:

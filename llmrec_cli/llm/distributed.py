@@ -86,6 +86,17 @@ def average_gradients(params) -> None:
         offset += n
 
 
+def reduction_device():
+    """Where collective ops must hold their tensors: the process's GPU under NCCL (which rejects CPU tensors),
+    the CPU under gloo."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sum_across(*values: float) -> list[float]:
     """Element-wise sums of VALUES over ranks (loss and token counts for logging)."""
     if not world().active:
@@ -93,9 +104,9 @@ def sum_across(*values: float) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=reduction_device())
     dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def barrier() -> None:

@@ -20,7 +20,7 @@ config (`max_epochs`). Feature -> config key:
   every N-th example of each global batch (`trainer.batch_size` x N, length-grouped as one process would) and
   the trainable gradients are averaged before each step, rank 0 validates and saves
   (`llmrec_cli/llm/distributed.py`).
-- epochs: `min(trainer.max_epochs, method.max_epochs)`. With one epoch there is nothing to select and the loop
+- epochs: `trainer.max_epochs` (its default is `method.max_epochs`, see `config.compose.resolve_epochs`). With one epoch there is nothing to select and the loop
   does not validate (the run's own valid evaluation still follows). Otherwise every `trainer.eval_every` epochs the valid metric
   `eval.monitor` (through `ctx.validate`) drives early stopping (`trainer.patience`), and the best epoch's
   adapter weights are restored at the end. Methods that cannot rank the full catalogue monitor
@@ -132,7 +132,7 @@ class LoraTrainer:
         self.device = torch.device(ctx.device)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.rows = encode(examples, tokenizer, int(ctx.cfg.model.max_length))
-        self.epochs = min(int(self.tcfg.max_epochs), int(cfg.max_epochs))
+        self.epochs = int(self.tcfg.max_epochs)  # the one rule: config.compose.resolve_epochs
         self.batch_size = max(1, int(self.tcfg.batch_size))
         self.accum = max(1, int(self.tcfg.grad_accum))
         lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -164,7 +164,11 @@ class LoraTrainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, float]:
+        from llmrec_cli.utils.console import epochs_line, say
+
         start = self._maybe_resume()
+        say(epochs_line(self.tcfg if self.validate is not None else {**self.tcfg, "patience": 0},
+                        f"{self.ctx.cfg.method.name} ({len(self.rows)} examples)"))
         self.ctx.log_params({"train.monitor": self.monitor or "none", "train.examples": len(self.rows),
                              "train.epochs": self.epochs})
         st = self.state

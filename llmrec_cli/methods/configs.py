@@ -45,7 +45,7 @@ class TunedLLMConfig(LLMMethodConfig):
     """Shared knobs of quadrant-4 methods: LoRA adapters tuned on training data (needs a `model` with `peft`).
 
     The loop's settings (`trainer.lr`, `trainer.batch_size`, `trainer.grad_accum`, ...) are in `trainer.*`;
-    epochs are `min(trainer.max_epochs, method.max_epochs)` so the CRM default of 200 epochs does not apply.
+    `method.max_epochs` is the default of `trainer.max_epochs` (which wins when given).
     """
 
     needs_peft: bool = True
