@@ -26,6 +26,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare datasets and show their statistics.", no_args_is_help=True,
                        rich_markup_mode=None)
 app.add_typer(data_app, name="data")
+runs_app = typer.Typer(help="List runs with their real state; `llmrec runs gc` marks ghost runs KILLED.",
+                       rich_markup_mode=None, invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
 
 
 def _compose(args: list[str]):
@@ -233,6 +236,8 @@ _TEST = typer.Option("ttest", "--test", help="Paired test on per-user metrics (o
 _CORRECTION = typer.Option("holm", "--correction", help="Multiple-comparison correction of the paired tests, per "
                            "metric and reference: holm (family-wise), bh (Benjamini-Hochberg FDR) or none.")
 _REEVALS = typer.Option(False, "--include-reevals", help="Include `llmrec eval` re-evaluations (source_run).")
+_DUPLICATES = typer.Option(False, "--keep-duplicates", help="Count every run: reruns and resumes of one "
+                           "configuration and seed are otherwise collapsed to the newest FINISHED one.")
 _LOG_TO_RUN = typer.Option(None, "--log-to-run", help="Also log the PNGs to this MLflow run "
                            "(default: $LLMREC_PARENT_RUN_ID when set).")
 _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
@@ -240,14 +245,21 @@ _TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow store (default
 
 
 def _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test, include_reevals,
-                correction="holm"):
+                correction="holm", keep_duplicates=False):
     from llmrec_cli.report.compare import build_comparison
     from llmrec_cli.report.select import Selection, parse_tag_filters, split_list
     from llmrec_cli.tracking import resolve_uri
 
+    from llmrec_cli.runs import gc_note
+
     sel = Selection(experiments=split_list(experiment), parent=parent, dataset=split_list(dataset),
-                    tags=parse_tag_filters(tag), statuses=split_list(status), include_reevals=include_reevals)
-    comp = build_comparison(resolve_uri(tracking_uri), sel, split_list(metric), baseline, test, correction)
+                    tags=parse_tag_filters(tag), statuses=split_list(status), include_reevals=include_reevals,
+                    keep_duplicates=keep_duplicates)
+    uri = resolve_uri(tracking_uri)
+    ghosts = gc_note(uri)
+    if ghosts:
+        typer.echo(f"note: {ghosts}", err=True)
+    comp = build_comparison(uri, sel, split_list(metric), baseline, test, correction)
     for note in comp.notes:
         typer.echo(f"note: {note}", err=True)
     return comp
@@ -276,7 +288,7 @@ def compare(
     experiment: list[str] | None = _EXPERIMENT, parent: str | None = _PARENT, dataset: list[str] | None = _DATASET,
     tag: list[str] | None = _TAG, status: list[str] | None = _STATUS, metric: list[str] | None = _METRIC,
     baseline: str | None = _BASELINE, test: str = _TEST, correction: str = _CORRECTION,
-    include_reevals: bool = _REEVALS,
+    include_reevals: bool = _REEVALS, keep_duplicates: bool = _DUPLICATES,
     fmt: str = typer.Option("table", "--format", "-f", help="table, markdown, csv or json (a list of rows)."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write the PNG plots into this folder."),
     log_to_run: str | None = _LOG_TO_RUN, tracking_uri: str | None = _TRACKING_URI,
@@ -289,7 +301,7 @@ def compare(
 
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, test,
-                       include_reevals, correction)
+                       include_reevals, correction, keep_duplicates)
     out = render(comp, fmt)
     if isinstance(out, str):
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
@@ -307,13 +319,70 @@ def plot(
     directory: Path = typer.Argument(..., help="Folder for quadrant_map.png and pareto.png."),
     experiment: list[str] | None = _EXPERIMENT, parent: str | None = _PARENT, dataset: list[str] | None = _DATASET,
     tag: list[str] | None = _TAG, status: list[str] | None = _STATUS, metric: list[str] | None = _METRIC,
-    baseline: str | None = _BASELINE, include_reevals: bool = _REEVALS,
+    baseline: str | None = _BASELINE, include_reevals: bool = _REEVALS, keep_duplicates: bool = _DUPLICATES,
     log_to_run: str | None = _LOG_TO_RUN, tracking_uri: str | None = _TRACKING_URI,
 ) -> None:
     """Write the quadrant map and the quality-vs-cost Pareto plot as PNGs: llmrec plot plots/ --parent ID"""
     comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, "none",
-                       include_reevals)
+                       include_reevals, keep_duplicates=keep_duplicates)
     _plots(comp, directory, log_to_run)
+
+
+_MAX_AGE = typer.Option(30.0, "--max-age", help="Minutes without a heartbeat after which a RUNNING run from any "
+                        "host is a ghost (runs of this host are checked by process id at once).")
+
+
+@runs_app.callback()
+def runs_(
+    ctx: typer.Context,
+    experiment: list[str] | None = _EXPERIMENT,
+    status: list[str] | None = typer.Option(None, "--status", help="Only runs stored with this status (repeatable)."),
+    limit: int = typer.Option(50, "--limit", help="Newest runs shown."),
+    max_age: float = _MAX_AGE, tracking_uri: str | None = _TRACKING_URI,
+) -> None:
+    """List runs, newest first, with their real state (RUNNING, or ghost: its process is gone)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import datetime as dt
+
+    from llmrec_cli import runs
+    from llmrec_cli.report.select import split_list
+    from llmrec_cli.tracking import resolve_uri
+
+    uri = _existing_store(resolve_uri(tracking_uri))
+    states = runs.list_runs(uri, split_list(experiment), [s.upper() for s in split_list(status)],
+                            max_age * 60, limit)
+    typer.echo(f"{'run id':<32}  {'state':<8}  {'started (UTC)':<16}  {'heartbeat':>9}  {'host:pid':<24}  name")
+    for s in states:
+        started = dt.datetime.fromtimestamp(s.start_time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        beat = f"{s.heartbeat_age / 60:.0f} min" if s.heartbeat_age is not None and s.status == "RUNNING" else ""
+        typer.echo(f"{s.run_id:<32}  {s.state:<8}  {started:<16}  {beat:>9}  {s.where:<24}  {s.name}"
+                   + (f"  ({s.reason})" if s.reason else ""))
+    ghosts = sum(s.state == "ghost" for s in states)
+    typer.echo(f"{len(states)} run(s) in {uri}" + (f"; {ghosts} ghost(s): `llmrec runs gc` marks them KILLED"
+                                                  if ghosts else ""))
+
+
+@runs_app.command("gc")
+def runs_gc(
+    max_age: float = _MAX_AGE, tracking_uri: str | None = _TRACKING_URI,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list the ghosts."),
+) -> None:
+    """Mark RUNNING runs whose process is gone (this host) or whose heartbeat is stale as KILLED, with the reason."""
+    from llmrec_cli import runs
+    from llmrec_cli.tracking import resolve_uri
+
+    uri = _existing_store(resolve_uri(tracking_uri))
+    ghosts = runs.gc(uri, max_age * 60, dry_run=dry_run)
+    for g in ghosts:
+        typer.echo(f"{g.run_id}  {g.name}: {g.reason}")
+    typer.echo(f"{'found' if dry_run else 'marked KILLED'}: {len(ghosts)} ghost run(s) in {uri}")
+
+
+def _existing_store(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise LlmrecError(f"no MLflow store at {uri}: run `llmrec train ...` first, or pass --tracking-uri")
+    return uri
 
 
 def _print_results(summary) -> None:
@@ -349,8 +418,9 @@ def main() -> None:
     except LlmrecError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "reported", False):  # a run's interruption already printed its line
+            typer.echo("interrupted", err=True)
         sys.exit(130)
     except SystemExit:
         raise

@@ -58,6 +58,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, _artifact_root(self.uri))
         self.run_id: str | None = None
+        self.logged_params: dict[str, str] = {}  # a reopened run's params: MLflow refuses to change them
 
     def reconnect(self) -> None:
         """A fresh client (after an interruption left the previous one mid-transaction)."""
@@ -74,6 +75,22 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    def reopen(self, run_id: str, tags: dict[str, str]) -> None:
+        """Continue an unfinished run (MLflow's convention for resuming): status RUNNING again, its error tags
+        moved to `previous_error`, TAGS updated; params already logged are kept (changed values become tags
+        `resumed.<key>`)."""
+        run = self.client.get_run(run_id)
+        self.run_id = run_id
+        self.logged_params = dict(run.data.params)
+        old = run.data.tags
+        self.client.update_run(run_id, status="RUNNING")
+        for key in ("error", "killed_reason"):
+            if key in old:
+                self.client.delete_tag(run_id, key)
+        resumes = int(old.get("resumed_count", "0") or 0) + 1
+        self.set_tags({**tags, "resumed_count": resumes, "resumed_at": int(time.time()),
+                       **({"previous_error": old["error"]} if "error" in old else {})})
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -83,6 +100,12 @@ class Tracker:
         from mlflow.entities import Param
 
         items = [Param(k[:250], str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        if self.logged_params:  # a reopened run: log only new keys; changed values as tags
+            changed = {f"resumed.{p.key}": p.value for p in items
+                       if p.key in self.logged_params and self.logged_params[p.key] != p.value}
+            items = [p for p in items if p.key not in self.logged_params]
+            if changed:
+                self.set_tags(changed)
         for s in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[s : s + MAX_PARAMS_PER_BATCH])
 

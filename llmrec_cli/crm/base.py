@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,25 +102,41 @@ def gather_or_all(scores_all: torch.Tensor, items: np.ndarray | None) -> torch.T
     return scores_all.gather(1, torch.as_tensor(items, dtype=torch.long, device=scores_all.device))
 
 
+CHECKPOINT = "crm_checkpoint.pt"
+
+
 def fit_crm(crm: CRM, data: TrainView, ctx, validate, monitor: str) -> dict[str, float]:
     """Train with early stopping on the valid metric `monitor`; restore the best epoch's weights.
 
     `validate()` returns valid-split metrics for the current weights; `ctx.log_metrics` gets per-epoch
-    `train/loss`, `train/epoch_seconds` and the valid metrics. Returns a summary for the run.
+    `train/loss`, `train/epoch_seconds` and the valid metrics. After every epoch the model, optimizer,
+    early-stopping state and RNG states go to `<run dir>/crm_checkpoint.pt` (atomically); with `resume=true` a
+    checkpoint of the same configuration (`config_fingerprint`) there continues at the next epoch. Returns a
+    summary for the run.
     """
+    from llmrec_cli.config.fingerprint import config_fingerprint
+    from llmrec_cli.utils.console import epochs_line, say
+
     crm.setup(data)
     if not crm.trainable:
         return {"epochs": 0.0}
     tcfg = ctx.cfg.trainer
-    from llmrec_cli.utils.console import epochs_line, say
-
     say(epochs_line(tcfg, crm.cfg.name))
     rng = np.random.default_rng(ctx.seed)
     optimizer = crm.make_optimizer()
-    best, best_epoch, best_state, bad = -np.inf, 0, None, 0
+    st = {"epoch": 0, "best": -np.inf, "best_epoch": 0, "best_state": None, "bad": 0}
+    path = Path(ctx.output_dir) / CHECKPOINT
+    fingerprint = config_fingerprint(ctx.cfg)
+    if bool(ctx.cfg.get("resume", False)):
+        st = _resume_crm(crm, optimizer, rng, path, fingerprint, st)
     epoch_times = []
-    bar = progress_bar(range(1, tcfg.max_epochs + 1), desc=f"train {crm.cfg.name}", enabled=ctx.progress)
+    epoch = st["epoch"]
+    bar = progress_bar(range(st["epoch"] + 1, tcfg.max_epochs + 1), desc=f"train {crm.cfg.name}",
+                       enabled=ctx.progress)
     for epoch in bar:
+        if st["bad"] >= tcfg.patience:
+            epoch -= 1
+            break  # the resumed run had already stopped early
         t0 = time.perf_counter()
         crm.train()
         loss = crm.train_epoch(data, optimizer, rng, progress=False)
@@ -130,19 +147,50 @@ def fit_crm(crm: CRM, data: TrainView, ctx, validate, monitor: str) -> dict[str,
             valid = validate()
             logged.update(valid)
             value = valid[monitor]
-            if value > best:
-                best, best_epoch, bad = value, epoch, 0
-                best_state = copy.deepcopy(crm.state_dict())
+            if value > st["best"]:
+                st.update(best=value, best_epoch=epoch, bad=0, best_state=copy.deepcopy(crm.state_dict()))
             else:
-                bad += 1
+                st["bad"] += 1
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss:.4f}", **{monitor.split("/")[-1]: f"{value:.4f}", "best": f"{best:.4f}"})
+                bar.set_postfix(loss=f"{loss:.4f}", **{monitor.split("/")[-1]: f"{value:.4f}",
+                                                       "best": f"{st['best']:.4f}"})
         ctx.log_metrics(logged, epoch)
-        if bad >= tcfg.patience:
-            log.info("early stop at epoch %d (best %s=%.4f at epoch %d)", epoch, monitor, best, best_epoch)
+        st["epoch"] = epoch
+        _save_crm(crm, optimizer, rng, path, fingerprint, st)
+        if st["bad"] >= tcfg.patience:
+            log.info("early stop at epoch %d (best %s=%.4f at epoch %d)", epoch, monitor, st["best"],
+                     st["best_epoch"])
             break
-    if best_state is not None:
-        crm.load_state_dict(best_state)
+    if st["best_state"] is not None:
+        crm.load_state_dict(st["best_state"])
     crm.eval()
-    return {"epochs": float(epoch), "best_epoch": float(best_epoch), f"best/{monitor}": float(best),
+    return {"epochs": float(epoch), "best_epoch": float(st["best_epoch"]), f"best/{monitor}": float(st["best"]),
             "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else 0.0}
+
+
+def _save_crm(crm: CRM, optimizer, rng: np.random.Generator, path: Path, fingerprint: str, st: dict) -> None:
+    from llmrec_cli.utils.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({**st, "fingerprint": fingerprint, "model": crm.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+
+
+def _resume_crm(crm: CRM, optimizer, rng: np.random.Generator, path: Path, fingerprint: str, st: dict) -> dict:
+    from llmrec_cli.utils.console import say
+
+    if not path.is_file():
+        say(f"resume=true: no CRM checkpoint at {path}: training {crm.cfg.name} starts at epoch 1")
+        return st
+    saved = torch.load(path, map_location=crm.device, weights_only=False)  # our own file
+    if saved.get("fingerprint") != fingerprint:
+        say(f"resume=true: {path} is of another configuration: training {crm.cfg.name} starts at epoch 1")
+        return st
+    crm.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    say(f"resume=true: resuming {crm.cfg.name} from {path} after epoch {saved['epoch']} "
+        f"(best {saved['best']:.4f} at epoch {saved['best_epoch']})")
+    return {k: saved[k] for k in st}

@@ -44,7 +44,6 @@ config (`max_epochs`). Feature -> config key:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -60,8 +59,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
+from llmrec_cli.config.fingerprint import config_fingerprint
 from llmrec_cli.errors import LlmrecError
 from llmrec_cli.llm import distributed
 from llmrec_cli.llm.scoring import right_pad
@@ -72,13 +71,6 @@ log = logging.getLogger(__name__)
 SENTINEL = "COMPLETE"
 STATE_FILE = "trainer_state.pt"
 ADAPTER_DIR = "adapter"
-#: Config keys that may differ between a run and the run it resumes (they do not change what an epoch does).
-NOT_FINGERPRINTED = ("resume", "run_name", "output_dir", "tags", "tracking", "trainer.progress", "trainer.device",
-                     "trainer.num_threads", "trainer.max_epochs", "trainer.patience", "trainer.eval_every",
-                     "method.max_epochs", "eval.batch_size", "eval.protocols", "eval.splits", "eval.ks",
-                     "eval.save_full_topk")
-
-
 @dataclass(frozen=True)
 class Example:
     """One training sample: PROMPT, then ANSWER (its tokens carry the loss; no special tokens are added).
@@ -320,15 +312,18 @@ class LoraTrainer:
 
     def _maybe_resume(self) -> int:
         """With `resume=true`, load the newest matching checkpoint; returns the epoch it ended (0: none)."""
+        from llmrec_cli.utils.console import say
+
         if not bool(self.ctx.cfg.get("resume", False)):
             return 0
         found = find_checkpoint(Path(self.ctx.output_dir), self.fingerprint)
         if found is None:
-            log.warning("resume=true but no complete checkpoint of this config under %s: starting at epoch 1",
-                        Path(self.ctx.output_dir).parent)
+            say(f"resume=true: no complete epoch checkpoint of this configuration under "
+                f"{Path(self.ctx.output_dir).parent}: training starts at epoch 1")
             return 0
         self.load_checkpoint(found)
-        log.info("resuming from %s after epoch %d", found, self.state.epoch)
+        say(f"resume=true: resuming {self.ctx.cfg.method.name} from {found} after epoch {self.state.epoch} "
+            f"(of {self.epochs})")
         self.ctx.log_params({"train.resumed_from": str(found), "train.resumed_epoch": self.state.epoch})
         return self.state.epoch
 
@@ -459,19 +454,6 @@ def _validator(method, ctx) -> tuple[str | None, Callable[[], dict[str, float]] 
 
 
 # ---------------------------------------------------------------------- resume helpers
-
-
-def config_fingerprint(cfg: Any) -> str:
-    """A hash of the resolved run config without the keys a resumed run may change (NOT_FINGERPRINTED)."""
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    for key in NOT_FINGERPRINTED:
-        node, *rest = key.split(".")
-        parent = data
-        while rest and isinstance(parent.get(node), dict):
-            parent, node, rest = parent[node], rest[0], rest[1:]
-        if not rest and isinstance(parent, dict):
-            parent.pop(node, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def complete_checkpoint(path: Path, fingerprint: str | None = None) -> bool:

@@ -112,8 +112,10 @@ def dry_run(overrides: list[str]) -> tuple[list[list[str]], list[str], dict]:
 
 def run_sweep(overrides: list[str]) -> tuple[str, list[JobStatus]]:
     """Create the parent run, launch every job through Hydra, and collect their statuses."""
+    from llmrec_cli import runs
     from llmrec_cli.config.compose import register_schemas
     from llmrec_cli.tracking import Tracker
+    from llmrec_cli.utils.console import say
 
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     bad = [o for o in overrides if o.startswith("-")]
@@ -121,9 +123,13 @@ def run_sweep(overrides: list[str]) -> tuple[str, list[JobStatus]]:
         raise ConfigError(f"unknown option {bad[0]!r}: give sweep options before the overrides")
     jobs = expand(overrides)  # also validates the override grammar before anything is created
     tracker = Tracker(_value(overrides, "tracking.uri"), _value(overrides, "tracking.experiment") or "llmrec")
+    note = runs.gc_note(tracker.uri)
+    if note:
+        say(note)
     name = _value(overrides, "run_name") or datetime.now().strftime("%Y%m%d-%H%M%S")
     parent = tracker.start(f"sweep-{name}", {"sweep": "true", "sweep_overrides": " ".join(overrides),
-                                             "sweep_jobs": str(len(jobs))})
+                                             "sweep_jobs": str(len(jobs)), **runs.process_tags()})
+    heartbeat = runs.Heartbeat(tracker.uri, parent).start()
     sweep_dir = Path(_value(overrides, "output_dir") or "outputs").resolve() / "sweeps" / parent
     os.environ["LLMREC_PARENT_RUN_ID"] = parent
     os.environ["MLFLOW_TRACKING_URI"] = tracker.uri
@@ -144,6 +150,7 @@ def run_sweep(overrides: list[str]) -> tuple[str, list[JobStatus]]:
         tracker.end("FAILED")
         raise
     finally:
+        heartbeat.stop()
         os.environ.pop("LLMREC_PARENT_RUN_ID", None)
     tracker.end("FINISHED" if failed == 0 else "FAILED")
     return parent, statuses
@@ -191,9 +198,23 @@ def sweep_job(cfg) -> int:
     text = (job_dir / "train.log").read_text(errors="replace").strip().splitlines()
     errors = [ln for ln in text if ln.startswith("error:")]
     message = (errors[-1] if errors else text[-1] if text else "")[:300] if rc else "ok"
+    seconds = time.perf_counter() - t0
     atomic_write_json(job_dir / STATUS_FILE, {"num": num, "overrides": overrides, "returncode": rc,
-                                              "seconds": time.perf_counter() - t0, "message": message})
+                                              "seconds": seconds, "message": message})
+    shown = " ".join(o for o in overrides if not o.startswith(("tracking.uri=", "launcher=", "output_dir=")))
+    result = _result_line(text) if rc == 0 else message
+    print(f"job {num} {'ok' if rc == 0 else 'FAILED'} in {seconds:.0f} s: {shown}  {result}", flush=True)
     return rc
+
+
+def _result_line(log_lines: list[str]) -> str:
+    """'test/full ndcg_10=0.0817, test/sampled ndcg_10=0.6644' from a finished job's results table."""
+    found = []
+    for line in log_lines:
+        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        if len(cells) >= 3 and cells[0] in ("test/full", "test/sampled") and re.fullmatch(r"[\d.]+", cells[2] or ""):
+            found.append(f"{cells[0]} ndcg_10={cells[2]}")
+    return ", ".join(found[:2])
 
 
 def collect(sweep_dir: Path, jobs: list[list[str]]) -> list[JobStatus]:

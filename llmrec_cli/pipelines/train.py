@@ -26,6 +26,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from llmrec_cli import registry
+from llmrec_cli.config.fingerprint import config_fingerprint
+from llmrec_cli.errors import LlmrecError
 from llmrec_cli.tracking import Tracker, flatten, git_info, library_versions
 from llmrec_cli.utils.io import atomic_path, atomic_write
 
@@ -58,7 +60,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     tags = {
         "quadrant": cfg.quadrant.id, "method": cfg.method.name, "dataset": cfg.dataset.name,
         "model": cfg.model.name, "crm": cfg.crm.name if uses_crm(cfg) else "none", "seed": cfg.seed,
-        "crm_config_hash": _crm_hash(cfg),
+        "crm_config_hash": _crm_hash(cfg), "config_fingerprint": config_fingerprint(cfg),
         **git_info(), **{f"version.{k}": v for k, v in library_versions().items()}, **dict(cfg.tags),
     }
     return {k: str(v) for k, v in tags.items()}
@@ -93,25 +95,84 @@ def tracked(cfg: DictConfig, body, extra_tags: dict | None = None) -> RunSummary
         if not w.is_main:
             run_id = distributed.broadcast(None)
             return RunSummary(run_id, run_name, body(NullTracker(), run_id), "")
+    from llmrec_cli import runs
+    from llmrec_cli.utils.console import say
+
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    run_id = tracker.start(run_name, {**run_tags(cfg), **(extra_tags or {})})
+    tags = {**run_tags(cfg), **(extra_tags or {}), **runs.process_tags()}
+    run_id = resume_target(tracker, cfg, run_name) if cfg.get("resume") else None
+    if run_id is not None:
+        tracker.reopen(run_id, tags)
+    else:
+        run_id = tracker.start(run_name, tags)
     if w.active:
         distributed.broadcast(run_id)
         tracker.set_tags({"world_size": w.size})
+    heartbeat = runs.Heartbeat(tracker.uri, run_id).start()
     previous = _sigterm_as_interrupt()
     try:
         metrics = body(tracker, run_id)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _terminate(tracker, "KILLED", "interrupted (KeyboardInterrupt or SIGTERM)")
-        raise
+        say(f"interrupted: run {run_id} marked KILLED; continue it with: {resume_command()}")
+        raise Interrupted(str(exc)) from None
     except BaseException as exc:
         _terminate(tracker, "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
+        heartbeat.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     tracker.end("FINISHED")
     return RunSummary(run_id, run_name, metrics, tracker.uri)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM after the run was marked KILLED and the resume command printed."""
+
+    reported = True
+
+
+def resume_command() -> str:
+    """This command line with `resume=true` (for `llmrec train`), else a hint."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    if not args or args[0] != "train":
+        return "the same command with resume=true"
+    kept = [a for a in args[1:] if not a.startswith("resume=")]
+    return " ".join(["llmrec", "train", *map(shlex.quote, kept), "resume=true"])
+
+
+def resume_target(tracker: Tracker, cfg: DictConfig, run_name: str) -> str | None:
+    """The run `resume=true` continues: the newest run in this experiment with the same name and configuration
+    (tag `config_fingerprint`) when it is KILLED or FAILED (ghosts are marked KILLED first); None (a new run)
+    when there is none. A FINISHED or live one is a one-line error."""
+    from llmrec_cli import runs
+    from llmrec_cli.utils.console import say
+
+    runs.gc(tracker.uri)
+    fingerprint = config_fingerprint(cfg)
+    found = tracker.client.search_runs([tracker.experiment_id],
+                                       filter_string=f"tags.config_fingerprint = '{fingerprint}'",
+                                       order_by=["attributes.start_time DESC"], max_results=50)
+    found = [r for r in found if r.info.run_name == run_name and "source_run" not in r.data.tags]
+    if not found:
+        say(f"resume=true: no earlier run named {run_name} with this configuration in {tracker.uri}: "
+            f"starting a new run")
+        return None
+    run = found[0]
+    rid, status = run.info.run_id, run.info.status
+    if status == "FINISHED":
+        raise LlmrecError(f"resume=true: run {rid} ({run_name}) of this configuration already FINISHED; to train "
+                          f"it again pick another seed= or run_name=, or drop resume=true for a separate rerun")
+    if status == "RUNNING":
+        where = f"{run.data.tags.get(runs.HOST_TAG, '?')}:{run.data.tags.get(runs.PID_TAG, '?')}"
+        raise LlmrecError(f"resume=true: run {rid} ({run_name}) is still running ({where}); wait for it or stop "
+                          f"it, then resume")
+    say(f"resume=true: continuing run {rid} ({run_name}, {status}) in the same MLflow run")
+    return rid
 
 
 def _terminate(tracker: Tracker, status: str, error: str) -> None:

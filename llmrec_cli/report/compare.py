@@ -26,6 +26,7 @@ from llmrec_cli.report.select import (
     STATUSES,
     Selection,
     add_groups,
+    collapse_duplicates,
     column,
     common_count,
     filter_runs,
@@ -292,12 +293,21 @@ def build_comparison(uri: str, sel: Selection, metrics: list[str] | None = None,
     if len(runs) == 0:
         raise LlmrecError(f"no runs match the selection ({sel.describe()}) in {uri}")
     runs = add_groups(runs)
+    duplicates: dict = {}
+    if not sel.keep_duplicates:
+        runs, duplicates = collapse_duplicates(runs)
+        if duplicates:
+            notes.append(f"set aside {sum(duplicates.values())} duplicate run(s): reruns and resumes of one "
+                         f"configuration and seed count once, as the newest FINISHED run (--keep-duplicates "
+                         f"counts them all)")
     unknown = [m for m in metrics if f"metrics.{m}" not in runs.columns]
     if len(unknown) == len(metrics) and runs["status"].eq("FINISHED").any():
         raise LlmrecError(f"no run logged {', '.join(unknown)}; metric names look like test/full/ndcg_10")
     notes += [f"metric {m} was not logged by any selected run" for m in unknown]
     notes += protocol_notes(runs)
     rows = aggregate(runs, metrics)
+    for row in rows:
+        row["duplicates"] = duplicates.get((row["group"], row["dataset"], row["protocol_hash"]), 0)
     refs = choose_references(rows, runs, baseline, metrics[0])
     cache: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="llmrec-compare-") as tmp:

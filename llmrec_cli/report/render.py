@@ -42,12 +42,15 @@ def fmt_count(n) -> str:
     return "—" if n is None else str(n)
 
 
-def fmt_runs(counts: dict) -> str:
-    """"3" when all finished, else "2 ok, 1 failed" (non-zero statuses only)."""
+def fmt_runs(counts: dict, duplicates: int = 0) -> str:
+    """"3" when all finished, else "2 ok, 1 failed" (non-zero statuses only); "+N dup" for the duplicates set
+    aside (reruns and resumes of a configuration and seed already counted)."""
     shown = {k: v for k, v in counts.items() if v}
     if set(shown) <= {"finished"}:
-        return str(counts.get("finished", 0))
-    return ", ".join(f"{v} {'ok' if k == 'finished' else k}" for k, v in shown.items())
+        text = str(counts.get("finished", 0))
+    else:
+        text = ", ".join(f"{v} {'ok' if k == 'finished' else k}" for k, v in shown.items())
+    return text + (f" (+{duplicates} dup)" if duplicates else "")
 
 
 def caption(comp: Comparison) -> str:
@@ -63,7 +66,7 @@ def caption(comp: Comparison) -> str:
              f"p: {TEST_NAMES[comp.test]} on per-user metrics of runs on the same candidate sets (seed-averaged) vs "
              + (", ".join(refs) if refs else "no reference") + f", {adjusted}",
              f"* {'adjusted ' if comp.correction != 'none' else ''}p < {ALPHA:g}",
-             "only FINISHED runs enter the statistics"]
+             "only FINISHED runs enter the statistics, one per configuration and seed (+N dup: reruns set aside)"]
     return "; ".join(parts)
 
 
@@ -102,7 +105,7 @@ def flat_rows(comp: Comparison) -> list[dict]:
     for r in to_records(comp):
         flat = {k: r[k] for k in ("group", "dataset", "protocol", "protocol_hash", "users", "cands", "quadrant",
                                   "method", "model", "crm")}
-        flat.update({f"n_{k}": v for k, v in r["runs"].items()})
+        flat.update({f"n_{k}": v for k, v in r["runs"].items()}, n_duplicates=r.get("duplicates", 0))
         flat.update(error=r["error"], reference=r["reference"], is_reference=r["is_reference"],
                     num_parameters=r["num_parameters"], cost_per_1k_users=r["cost_per_1k_users"])
         for m, s in r["metrics"].items():
@@ -126,7 +129,7 @@ def to_csv(comp: Comparison) -> str:
 
 def _cells(comp: Comparison, r: dict, sep: str) -> list[str]:
     cells = [r["group"], r["dataset"], r["protocol"], fmt_count(r["users"]), fmt_count(r["cands"]),
-             fmt_runs(r["runs"])]
+             fmt_runs(r["runs"], r.get("duplicates", 0))]
     for m in comp.metrics:
         s = r["metrics"][m]
         p = fmt_p(s, r["is_reference"]) if s.get("n") else "—"

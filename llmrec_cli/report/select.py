@@ -29,7 +29,7 @@ from llmrec_cli.errors import ConfigError
 
 GROUP_KEYS = ("quadrant", "method", "model", "crm", "dataset")
 #: Method settings that split a method into variants (separate rows); logged as params `method.<key>`.
-VARIANT_PARAMS = ("scoring", "mode", "head", "num_samples")
+VARIANT_PARAMS = ("scoring", "mode", "head", "num_samples", "aux_tasks")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 QUADRANT_ORDER = {"baseline": 0, "1": 1, "2": 2, "3": 3, "4": 4}
 BASELINE_ORDER = {"pop": 0, "bpr": 1, "sasrec": 2}
@@ -51,6 +51,7 @@ class Selection:
     tags: dict[str, str] = field(default_factory=dict)
     statuses: list[str] = field(default_factory=list)  # empty: every status
     include_reevals: bool = False  # runs tagged `source_run` (llmrec eval) are left out by default
+    keep_duplicates: bool = False  # count reruns/resumes of one configuration and seed as separate runs
 
     def describe(self) -> str:
         parts = [f"experiment={','.join(self.experiments)}" if self.experiments else "",
@@ -134,14 +135,16 @@ def run_variant(row) -> str:
     parts = []
     for key in VARIANT_PARAMS:
         value = row.get(f"params.method.{key}")
-        if isinstance(value, str) and value not in ("", "None", "null"):
-            parts.append(f"{key}={value}")
+        if isinstance(value, str) and value not in ("", "None", "null", "[]"):
+            parts.append(f"{key}={value.replace(' ', '')}")
     source = row.get("params.candidates.source")
     if isinstance(source, str) and source not in ("", "None", "sampled"):
         parts.append(f"candidates={source}")
     perms = row.get("params.eval.permutations")  # listwise prompt orders averaged: an inference setting
     if isinstance(perms, str) and perms not in ("", "None", "1"):
         parts.append(f"permutations={perms}")
+    if text(row.get("tags.source_run")):  # `llmrec eval` of another run: its own row, never extra seeds
+        parts.append("re-eval")
     return ",".join(parts)
 
 
@@ -246,6 +249,26 @@ def add_groups(df):
     df["candidate_set_hash"] = [text(row.get("tags.candidate_set_hash")) for row in rows]
     df["seed"] = [text(row.get("tags.seed")) or "?" for row in rows]
     return df
+
+
+def collapse_duplicates(df):
+    """One run per (group, dataset, protocol, seed): reruns and resumes of one configuration and seed count once,
+    as the newest FINISHED run (the newest run when none finished). Runs without a seed tag are all kept.
+    Returns (kept runs, {(group, dataset, protocol_hash): runs set aside})."""
+    import pandas as pd
+
+    if len(df) == 0:
+        return df, {}
+    order = df.assign(_done=df["status"].eq("FINISHED"),
+                      _start=pd.to_datetime(column(df, "start_time"), errors="coerce", utc=True))
+    order = order.sort_values(["_done", "_start"], ascending=False, kind="stable")
+    keys = ["group", "dataset", "protocol_hash", "seed"]
+    dup = order.duplicated(keys, keep="first") & order["seed"].ne("?")
+    aside: dict[tuple, int] = {}
+    for (label, dataset, phash), n in order[dup].groupby(["group", "dataset", "protocol_hash"]).size().items():
+        aside[(label, dataset, phash)] = int(n)
+    kept = df.loc[order.index[~dup.to_numpy()]]
+    return kept.loc[[i for i in df.index if i in kept.index]], aside
 
 
 def pd_counts(values: list[int | None], index):

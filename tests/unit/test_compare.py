@@ -515,3 +515,31 @@ def test_plots_show_one_protocol_per_dataset(tmp_path):
     assert plots.strongest_beaten(zs, comp.rows, M) == "none"  # the 100-candidate sasrec is not its baseline
     paths = plots.write_plots(comp, tmp_path / "plots")
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_reruns_and_resumes_of_one_seed_count_once_as_the_newest_finished_run():
+    from llmrec_cli.report.select import collapse_duplicates
+
+    rows = [run("a0", crm="sasrec", seed=0, ndcg=0.30, start_time=pd.Timestamp("2026-01-01", tz="UTC")),
+            run("b0", crm="sasrec", seed=0, ndcg=0.40, start_time=pd.Timestamp("2026-01-03", tz="UTC")),  # rerun
+            run("c0", crm="sasrec", seed=0, status="KILLED", start_time=pd.Timestamp("2026-01-04", tz="UTC")),
+            run("a1", crm="sasrec", seed=1, ndcg=0.20, start_time=pd.Timestamp("2026-01-01", tz="UTC")),
+            run("f2", crm="sasrec", seed=2, status="FAILED", start_time=pd.Timestamp("2026-01-01", tz="UTC")),
+            run("g2", crm="sasrec", seed=2, status="FAILED", start_time=pd.Timestamp("2026-01-02", tz="UTC"))]
+    grouped = add_groups(pd.DataFrame(rows))
+    kept, aside = collapse_duplicates(grouped)
+    assert sorted(kept["run_id"]) == ["a1", "b0", "g2"]  # newest FINISHED per seed, else the newest run
+    assert list(aside.values()) == [3]
+    row = aggregate(kept, [M])[0]
+    assert row["metrics"][M]["n"] == 2 and row["metrics"][M]["mean"] == pytest.approx(0.30)  # seeds 0 and 1
+    assert render.fmt_runs(row["runs"], 3) == "2 ok, 1 failed (+3 dup)"
+    everything = aggregate(grouped, [M])[0]  # --keep-duplicates
+    assert everything["metrics"][M]["n"] == 3
+
+
+def test_reevaluations_are_their_own_row_never_extra_seeds():
+    rows = [run(f"s{s}", crm="sasrec", seed=s, ndcg=0.3) for s in range(2)]
+    rows.append(run("e0", crm="sasrec", seed=0, ndcg=0.5, **{"tags.source_run": "s0"}))
+    df, _ = filter_runs(pd.DataFrame(rows), Selection(include_reevals=True))
+    labels = add_groups(df).groupby("group")["run_id"].apply(sorted).to_dict()
+    assert labels == {"sasrec": ["s0", "s1"], "sasrec [re-eval]": ["e0"]}
