@@ -248,9 +248,8 @@ def _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, 
                 correction="holm", keep_duplicates=False):
     from llmrec_cli.report.compare import build_comparison
     from llmrec_cli.report.select import Selection, parse_tag_filters, split_list
-    from llmrec_cli.tracking import resolve_uri
-
     from llmrec_cli.runs import gc_note
+    from llmrec_cli.tracking import resolve_uri
 
     sel = Selection(experiments=split_list(experiment), parent=parent, dataset=split_list(dataset),
                     tags=parse_tag_filters(tag), statuses=split_list(status), include_reevals=include_reevals,
