@@ -30,6 +30,18 @@ def load_prepared(dataset_cfg: DictConfig, force: bool = False, progress: bool =
         cached = prep.load(key)
         if cached is not None:
             return cached
+    from llmrec_cli.utils.io import file_lock
+
+    # Parallel sweep jobs on a cold cache: one prepares, the others wait and then read its result.
+    with file_lock(prep.cache_path(key).parent / f".{key}.lock"):
+        if not force:
+            cached = prep.load(key)
+            if cached is not None:
+                return cached
+        return _prepare(dataset_cfg, cfg, key, progress)
+
+
+def _prepare(dataset_cfg: DictConfig, cfg: dict, key: str, progress: bool) -> prep.PreparedData:
     log.info("preparing dataset=%s (cache key %s)", cfg["name"], key)
     bar = progress_bar(None, desc=f"prepare {cfg['name']}", total=3, enabled=progress)
     try:

@@ -122,6 +122,11 @@ def run_sweep(overrides: list[str]) -> tuple[str, list[JobStatus]]:
     if bad:
         raise ConfigError(f"unknown option {bad[0]!r}: give sweep options before the overrides")
     jobs = expand(overrides)  # also validates the override grammar before anything is created
+    from llmrec_cli.preflight import check_store, check_writable
+    from llmrec_cli.tracking import resolve_uri
+
+    check_store(resolve_uri(_value(overrides, "tracking.uri")))
+    check_writable("output_dir", Path(_value(overrides, "output_dir") or "outputs"))
     tracker = Tracker(_value(overrides, "tracking.uri"), _value(overrides, "tracking.experiment") or "llmrec")
     note = runs.gc_note(tracker.uri)
     if note:

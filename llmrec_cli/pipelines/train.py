@@ -203,6 +203,9 @@ def _sigterm_as_interrupt():
 
 
 def run_train(cfg: DictConfig) -> RunSummary:
+    from llmrec_cli.preflight import check_run
+
+    check_run(cfg)  # store, folders, model and data: one-line errors before any MLflow run exists
     return tracked(cfg, lambda tracker, run_id: _train(cfg, tracker, run_id))
 
 

@@ -88,15 +88,24 @@ def test_eval_reevaluates_a_finished_run_with_new_settings(work):
     assert p.returncode == 2 and "accepts only" in p.stderr
 
 
-def test_a_failing_run_ends_failed_with_the_error_and_no_traceback(work):
+def test_bad_data_fails_up_front_with_one_line_and_no_run(work):
     path, uri = work
     bad = path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
     p = llmrec("train", "crm=pop", "dataset=csv", f"dataset.path={bad}", cwd=path, check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr + p.stdout
     assert "user_col" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (path / "mlflow.db").exists() or runs(uri).empty
+
+
+def test_a_failure_during_the_work_ends_the_run_failed_with_the_error_and_no_traceback(work):
+    path, uri = work
+    p = llmrec("train", "crm=sasrec", "dataset=synthetic", "crm.hidden=64", "crm.heads=3", cwd=path, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr + p.stdout
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "divisible" in errors[0]
     df = runs(uri)
-    assert list(df["status"]) == ["FAILED"] and "user_col" in df["tags.error"].iloc[0]
+    assert list(df["status"]) == ["FAILED"] and "divisible" in df["tags.error"].iloc[0]
 
 
 def test_config_errors_start_no_run(work):

@@ -84,6 +84,10 @@ def locate(cfg, subdir: str, required: Required, default_url: str | None = None,
     url = getattr(cfg, "url", None) or default_url
     sha = getattr(cfg, "sha256", None) if getattr(cfg, "url", None) else default_sha256
     hint = f"set LLMREC_DATA_DIR to a folder holding {subdir}/ or pass dataset.path=<folder>"
+    if root is not None:
+        lacking = missing_files(root / subdir, required)
+        hint = (f"LLMREC_DATA_DIR={root} has no {subdir}/ sub-folder" if not (root / subdir).is_dir() else
+                f"{root / subdir} lacks {', '.join(lacking)}") + "; add it there or pass dataset.path=<folder>"
     if not url:
         raise DataError(f"dataset {subdir} not found locally and dataset.url is not set: {hint}")
     folder = download(url, sha, subdir, hint)
