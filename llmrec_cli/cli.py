@@ -193,13 +193,17 @@ def validate() -> None:
 @app.command("ls")
 def ls() -> None:
     """List datasets, quadrants, methods, CRMs, models and experiment presets."""
+    import shutil
+    import textwrap
+
     from llmrec_cli.config.validate import catalogue
 
-    console = _console()
+    width = max(80, shutil.get_terminal_size((120, 24)).columns)
     for group, rows in catalogue().items():
-        console.print(f"[bold]{group}[/bold]")
+        typer.echo(group)
         for name, desc in rows:
-            console.print(f"  {name:<22} {desc}")
+            typer.echo(textwrap.fill(desc, width=width, initial_indent=f"  {name:<22} ",
+                                     subsequent_indent=" " * 25))
 
 
 @app.command()
@@ -399,9 +403,13 @@ def _print_results(summary) -> None:
             if not any(k.startswith(key + "/") for k in m):
                 continue
             vals = [f"{m[f'{key}/{c}']:.4f}" if f"{key}/{c}" in m else "" for c in cols]
-            users = m.get(f"{key}/n_users", m.get(f"{key}/n_samples"))
+            users = m.get(f"{key}/n_users")  # users, never rows (pointwise/like have several rows per user)
             table.add_row(key, *vals, f"{users:.0f}" if users else "")
     console = _console()
+    if not console.is_terminal:  # a log or a pipe: rich's default 80 columns would fold the first column
+        from rich.console import Console
+
+        console = Console(width=160)
     console.print(table)
     fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/", "cost/"))}
     if fit:

@@ -7,11 +7,28 @@ from llmrec_cli.config.compose import compose_run, conf_dir, group_options
 from llmrec_cli.errors import LlmrecError
 
 
-def _describe(group: str, name: str) -> str:
-    """The YAML's first comment line that is not the command, else ''."""
+def _describe(group: str, name: str, max_chars: int = 160) -> str:
+    """The YAML's first comment paragraph after its command line, in whole sentences: as many as fit in
+    MAX_CHARS (at least the first one), never cut mid-sentence."""
+    import re
+
     lines = (conf_dir() / group / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
-    comments = [ln.lstrip("# ").strip() for ln in lines if ln.startswith("#") and "@package" not in ln]
-    return comments[1] if len(comments) > 1 else (comments[0] if comments else "")
+    head = []
+    for ln in lines:
+        if not ln.startswith("#"):
+            break
+        if "@package" not in ln:
+            head.append(ln.lstrip("#").strip())
+    if len(head) > 1 and head[0].startswith("llmrec "):
+        head = head[1:]  # the command the YAML starts with
+    paragraph = " ".join(head)
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(`])", paragraph)
+    out = sentences[0] if sentences else ""
+    for sentence in sentences[1:]:
+        if len(out) + 1 + len(sentence) > max_chars:
+            break
+        out += " " + sentence
+    return out
 
 
 def catalogue() -> dict[str, list[tuple[str, str]]]:

@@ -195,7 +195,7 @@ class Evaluator:
         scores = np.zeros(items.shape, dtype=np.float64)
         for s, e in self._batches(len(users), f"eval {split}/like", progress):
             scores[s:e] = self._score(method, split, users[s:e], items[s:e])[0]
-        m = {"auc": M.auc(labels, scores), "n_samples": float(labels.size),
+        m = {"auc": M.auc(labels, scores), "n_samples": float(labels.size), "n_users": float(len(np.unique(users))),
              "positive_rate": float(labels.mean()) if labels.size else float("nan")}
         m.update(self._logloss(method, labels, scores))
         rows = [self._pred_frame(users, items, scores, labels.astype(bool), split, "like")] if keep else []

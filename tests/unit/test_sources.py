@@ -290,3 +290,15 @@ def test_real_data():
         assert all(seqs[u][:pos][-len(h.split()):] == h.split() for u, h in zip(rows.iloc[:, 0], rows.iloc[:, 1], strict=True))
     assert seqs["0"] == [str(i) for i in range(14)]
     assert set(raw.items["item"]) == set(inter["item"]) and raw.items["title"].str.len().min() > 0
+
+
+def test_csv_encoding_is_a_key_and_a_wrong_one_is_named(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("user_id,item_id,timestamp\nzoë,café,1\nzoë,naïve,2\nbob,café,3\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv is not utf-8 text .*dataset.encoding=latin-1") as err:
+        load_csv(CsvConfig(name="c", loader="csv", path=str(path)))
+    assert "\n" not in str(err.value)
+    raw = load_csv(CsvConfig(name="c", loader="csv", path=str(path), encoding="latin-1"))
+    assert sorted(set(raw.interactions["item"])) == ["café", "naïve"]
+    with pytest.raises(DataError, match="dataset.encoding=klingon is not a known"):
+        load_csv(CsvConfig(name="c", loader="csv", path=str(path), encoding="klingon"))

@@ -22,6 +22,7 @@ class CsvConfig(DatasetConfig):
 
     items_path: str | None = None  # items file (same separator); relative paths may be beside `path`
     sep: str = ","
+    encoding: str = "utf-8"  # text encoding of both files, e.g. latin-1, cp1252, utf-16
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str | None = "timestamp"  # None: file order is the time order
@@ -31,9 +32,15 @@ class CsvConfig(DatasetConfig):
     text_cols: list[str] = field(default_factory=list)  # extra item columns joined into `text`
 
 
-def _read(path: Path, sep: str, key: str) -> pd.DataFrame:
+def _read(path: Path, sep: str, key: str, encoding: str = "utf-8") -> pd.DataFrame:
     try:
-        return pd.read_csv(path, sep=sep, dtype=str)
+        return pd.read_csv(path, sep=sep, dtype=str, encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{key}={path} is not {encoding} text (byte {err.start}: {err.reason}): set "
+                        f"dataset.encoding= to the file's encoding, e.g. dataset.encoding=latin-1") from None
+    except LookupError:
+        raise DataError(f"dataset.encoding={encoding} is not a known text encoding (e.g. utf-8, latin-1, "
+                        f"cp1252)") from None
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{key}={path} could not be read as '{sep}'-separated text ({err}): "
                         "check the file and dataset.sep=") from None
@@ -71,7 +78,7 @@ def load_csv(cfg) -> RawData:
     path = Path(str(cfg.path)).expanduser()
     if not path.is_file():
         raise DataError(f"dataset.path={path} does not exist: point dataset.path at an interactions file")
-    frame = _read(path, cfg.sep, "dataset.path")
+    frame = _read(path, cfg.sep, "dataset.path", cfg.encoding)
     wanted = {"user_col": cfg.user_col, "item_col": cfg.item_col}
     if cfg.time_col:
         wanted["time_col"] = cfg.time_col
@@ -108,7 +115,7 @@ def _items(cfg, inter_path: Path, read: list[Path]) -> pd.DataFrame:
         raise DataError(f"dataset.items_path={path} does not exist: point it at an items file or set "
                         "dataset.items_path=null")
     read.append(path)
-    meta = _read(path, cfg.sep, "dataset.items_path")
+    meta = _read(path, cfg.sep, "dataset.items_path", cfg.encoding)
     text_cols = [str(c) for c in cfg.text_cols or []]
     wanted = {"item_id_col": cfg.item_id_col, "title_col": cfg.title_col}
     wanted.update({f"text_cols[{i}]": c for i, c in enumerate(text_cols)})
