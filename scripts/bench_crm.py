@@ -1,6 +1,12 @@
-"""Benchmark SASRec training: the textbook loop vs llmrec's, side by side in one process.
+"""Benchmark CRM training: the textbook SASRec loop vs llmrec's, and thread counts / OpenMP wait policies.
 
     python scripts/bench_crm.py [--datasets ml-100k ml-1m] [--epochs 3] [--threads 2]
+    python scripts/bench_crm.py --thread-matrix [--epochs 3]
+
+`--thread-matrix`: BPR and SASRec epochs on ML-100K in fresh processes for every (threads 1 / all cores,
+OMP_WAIT_POLICY ACTIVE / PASSIVE, alone / beside a busy process spinning on one core); prints seconds per epoch
+and each cell's ratio to the fastest. The wait policy is read when OpenMP starts, so each cell is its own
+process (llmrec sets PASSIVE before torch is imported unless OMP_WAIT_POLICY is already set).
 
 Baseline ("naive"): random batches padded to max_len (as the reference SASRec implementations do).
 Ours: length-bucketed batches padded only to the longest window in the batch (same loss, same model).
@@ -24,7 +30,13 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up epoch)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--thread-matrix", action="store_true", help="1 vs N threads, wait policies, busy neighbour")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.thread_matrix:
+        return thread_matrix(args.epochs)
+    if args.child:
+        return child(args.child, args.threads, args.epochs)
     os.environ.setdefault("LLMREC_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
     import torch
@@ -73,6 +85,68 @@ def main() -> int:
             results[variant] = sec
             print(f"{name:<10} {variant:<7} {sec:>8.2f} {items / sec:>10,.0f} {len(model._windows):>8,} {items:>9,}")
         print(f"{name:<10} speed-up ours/naive: {results['naive'] / results['ours']:.2f}x")
+    return 0
+
+
+def child(crm: str, threads: int, epochs: int) -> int:
+    """One cell of the thread matrix: median seconds per training epoch of CRM, as JSON on stdout."""
+    import json
+
+    os.environ.setdefault("LLMREC_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    import torch
+
+    from llmrec_cli import registry
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.data.load import load_prepared
+    from llmrec_cli.utils.runtime import seed_everything
+
+    torch.set_num_threads(threads)
+    registry.load_all()
+    cfg = compose_run(["dataset=ml-100k", f"crm={crm}"])
+    data = load_prepared(cfg.dataset).train_view()
+    seed_everything(0)
+    model = registry.CRMS[crm].obj(cfg.crm, data.n_users, data.n_items)
+    model.setup(data)
+    opt, rng = model.make_optimizer(), np.random.default_rng(0)
+    model.train()
+    model.train_epoch(data, opt, rng, progress=False)  # warm-up
+    times = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        model.train_epoch(data, opt, rng, progress=False)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"seconds": float(np.median(times)), "threads": torch.get_num_threads()}))
+    return 0
+
+
+def thread_matrix(epochs: int) -> int:
+    import json
+    import subprocess
+
+    cores = os.cpu_count() or 1
+    print(f"ML-100K, median s/epoch over {epochs} epochs after a warm-up; {cores} cores; busy = one other process "
+          f"spinning on a core")
+    print(f"{'crm':<7} {'neighbour':<9} {'threads':>7} {'wait policy':<11} {'s/epoch':>8} {'vs best':>8}")
+    for crm in ("bpr", "sasrec"):
+        for busy in (False, True):
+            cells = []
+            for threads in sorted({1, cores}):
+                for policy in ("ACTIVE", "PASSIVE"):
+                    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+                    try:
+                        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                        out = subprocess.run([sys.executable, __file__, "--child", crm, "--threads", str(threads),
+                                              "--epochs", str(epochs)], env=env, capture_output=True, text=True,
+                                             check=True).stdout
+                    finally:
+                        if spinner is not None:
+                            spinner.kill()
+                            spinner.wait()
+                    cells.append((threads, policy, json.loads(out.strip().splitlines()[-1])["seconds"]))
+            best = min(c[2] for c in cells)
+            for threads, policy, sec in cells:
+                print(f"{crm:<7} {'busy' if busy else 'alone':<9} {threads:>7} {policy:<11} {sec:>8.2f} "
+                      f"{sec / best:>7.2f}x", flush=True)
     return 0
 
 
