@@ -77,6 +77,9 @@ def check_writable(key: str, folder: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".llmrec-write-check-", dir=folder)
         os.close(fd)
         os.unlink(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{key}: {folder} is inside a file, not a folder; point it at a folder you can write "
+                          f"to") from None
     except OSError as exc:
         raise ConfigError(f"{key}: {folder} is not writable ({exc.strerror or exc}); point it at a folder you can "
                           f"write to") from None

@@ -28,7 +28,7 @@ def test_an_unreachable_tracking_server_fails_within_seconds_and_says_how_to_use
 def test_unwritable_folders_are_named(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(LlmrecError, match="output_dir: .*a-file/out is not writable"):
+    with pytest.raises(LlmrecError, match="output_dir: .*a-file/out is inside a file"):
         preflight.check_writable("output_dir", blocker / "out")
     with pytest.raises(LlmrecError, match="tracking.uri=sqlite:///.*its folder"):
         preflight.check_store(f"sqlite:///{blocker}/sub/mlflow.db")

@@ -385,3 +385,33 @@ def test_temporal_split_survives_the_cache(tmp_path):
     for f in ("train_end", "valid_pos", "test_pos", "seq_times", "seq_items"):
         np.testing.assert_array_equal(getattr(back, f), getattr(d, f), err_msg=f)
     assert back.split == "temporal" and back.data_hash == d.data_hash
+
+
+def test_two_jobs_preparing_one_dataset_on_a_cold_cache_prepare_it_once():
+    import threading
+    import time
+
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.data import load
+
+    cfg = compose_run(["dataset=synthetic"]).dataset
+    calls, real = [], load._prepare
+
+    def slow_prepare(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)  # a window in which the other job would prepare (and rename) too
+        return real(*args, **kwargs)
+
+    load._prepare = slow_prepare
+    try:
+        results = [None, None]
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, load.load_prepared(cfg)))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        load._prepare = real
+    assert len(calls) == 1  # the second waited for the lock and read the first one's cache
+    assert results[0].data_hash == results[1].data_hash
