@@ -49,6 +49,7 @@ def run_eval(run_id: str | None, checkpoint: Path | None, overrides: list[str], 
         cfg.tracking.uri = tracking_uri
     if not any(o.startswith("run_name=") for o in overrides):
         cfg.run_name = f"eval-{cfg.run_name or source}"
+    cfg.resume = False  # a re-evaluation is always a new run (tagged source_run), never a resume of its source
 
     def body(tracker: Tracker, new_run_id: str) -> dict[str, float]:
         s = setup(cfg, tracker, new_run_id)
