@@ -47,7 +47,8 @@ def main() -> int:
         summary = run_train(cfg)
         wall = time.perf_counter() - t0
         client = MlflowClient(tracking_uri=uri)
-        valid = {m.step: m.value for m in client.get_metric_history(summary.run_id, "valid/full/ndcg_10")}
+        valid = {m.step: m.value for m in client.get_metric_history(summary.run_id, "valid/full/ndcg_10")
+                 if m.step > 0}  # step 0: the final evaluation of the restored best epoch
         secs = {m.step: m.value for m in client.get_metric_history(summary.run_id, "train/epoch_seconds")}
         best_epoch = max(valid, key=lambda e: (valid[e], -e))
         best = valid[best_epoch]
