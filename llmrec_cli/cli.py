@@ -414,7 +414,7 @@ def _print_results(summary) -> None:
     fit = {k: v for k, v in m.items() if k.startswith(("fit/", "time/", "cost/"))}
     if fit:
         console.print("  ".join(f"{k}={v:.4g}" for k, v in fit.items()))
-    console.print(f"tracking: {summary.tracking_uri}  (browse: llmrec ui)")
+    console.print(f"tracking: {summary.tracking_uri}  (compare runs: llmrec compare; browse: llmrec ui)")
 
 
 def main() -> None:

@@ -31,6 +31,9 @@ class CRM(nn.Module):
     """Base class. Subclasses implement `score`, and trainable ones `train_epoch` and `item_embeddings`."""
 
     trainable = True
+    #: CPU threads for a pure CRM run when `trainer.num_threads` is null (None: every core), set from
+    #: `scripts/bench_crm.py --thread-matrix` for models whose tensors are too small to share out.
+    cpu_threads: int | None = None
 
     def __init__(self, cfg, n_users: int, n_items: int):
         super().__init__()

@@ -233,10 +233,10 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     tracker.log_text(resolved, "config.yaml")
-    configure_threads(cfg.trainer.num_threads)
+    threads, source = configure_threads(cfg.trainer.num_threads, _preferred_threads(cfg))
     seed_everything(int(cfg.seed))
     device = _device(cfg)
-    tracker.set_tags({"device": device})
+    tracker.set_tags({"device": device, "cpu_threads": threads, "cpu_threads_from": source})
 
     t0 = time.perf_counter()
     data = load_prepared(cfg.dataset)
@@ -263,6 +263,15 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
 
     ctx.validate = validate
     return Session(data, data.train_view(), plan, evaluator, ctx, run_dir, resolved, timings)
+
+
+def _preferred_threads(cfg: DictConfig) -> int | None:
+    """The CRM's own CPU thread count for a pure CRM run (`CRM.cpu_threads`, measured per model); None: all."""
+    if cfg.method.name != "baseline" or cfg.get("crm") is None:
+        return None
+    registry.load_all()
+    entry = registry.CRMS.get(cfg.crm.name)
+    return getattr(entry.obj, "cpu_threads", None) if entry is not None else None
 
 
 def _device(cfg: DictConfig) -> str:
