@@ -4,9 +4,10 @@
     python scripts/bench_crm.py --thread-matrix [--epochs 3]
 
 `--thread-matrix`: BPR and SASRec epochs on ML-100K in fresh processes for every (threads 1 / all cores,
-OMP_WAIT_POLICY ACTIVE / PASSIVE, alone / beside a busy process spinning on one core); prints seconds per epoch
+OpenMP waiting: OMP_WAIT_POLICY=ACTIVE / PASSIVE / GOMP_SPINCOUNT=10000, alone / beside a busy process spinning on
+one core); prints seconds per epoch
 and each cell's ratio to the fastest. The wait policy is read when OpenMP starts, so each cell is its own
-process (llmrec sets PASSIVE before torch is imported unless OMP_WAIT_POLICY is already set).
+process (`llmrec train` sets PASSIVE for CRM-only runs unless OMP_WAIT_POLICY is already set).
 
 Baseline ("naive"): random batches padded to max_len (as the reference SASRec implementations do).
 Ours: length-bucketed batches padded only to the longest window in the batch (same loss, same model).
@@ -93,7 +94,7 @@ def child(crm: str, threads: int, epochs: int) -> int:
     import json
 
     os.environ.setdefault("LLMREC_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
-    import torch
+    import torch  # loads OpenMP, which reads the wait settings now (before llmrec_cli could set a default)
 
     from llmrec_cli import registry
     from llmrec_cli.config.compose import compose_run
@@ -119,6 +120,11 @@ def child(crm: str, threads: int, epochs: int) -> int:
     return 0
 
 
+#: OpenMP settings compared: spin until work comes (ACTIVE), sleep at once (PASSIVE), spin briefly then sleep.
+POLICIES = {"ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "spin 10k": {"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"}}
+
+
 def thread_matrix(epochs: int) -> int:
     import json
     import subprocess
@@ -131,10 +137,10 @@ def thread_matrix(epochs: int) -> int:
         for busy in (False, True):
             cells = []
             for threads in sorted({1, cores}):
-                for policy in ("ACTIVE", "PASSIVE"):
+                for policy in POLICIES:
                     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
                     try:
-                        env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                        env = {k: v for k, v in {**os.environ, **POLICIES[policy]}.items() if v != ""}
                         out = subprocess.run([sys.executable, __file__, "--child", crm, "--threads", str(threads),
                                               "--epochs", str(epochs)], env=env, capture_output=True, text=True,
                                              check=True).stdout

@@ -17,6 +17,10 @@ from llmrec_cli.registry import register_crm
 
 @register_crm("bpr", schema=BPRConfig)
 class BPR(CRM):
+    # Tensors too small to share out: on ML-100K one thread runs an epoch in 0.50 s alone and beside a busy
+    # process, two threads in 0.44-0.84 s alone and 1.2-1.8 s beside one (scripts/bench_crm.py --thread-matrix).
+    cpu_threads = 1
+
     def __init__(self, cfg, n_users: int, n_items: int):
         super().__init__(cfg, n_users, n_items)
         self.user_emb = nn.Embedding(n_users, cfg.dim)
