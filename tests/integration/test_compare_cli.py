@@ -21,13 +21,13 @@ def store(tmp_path_factory):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}", "LLMREC_PARENT_RUN_ID": ""}
     jobs = [["train", "quadrant=baseline", f"crm={crm}", f"seed={seed}", *QUICK] for crm in ("pop", "bpr")
             for seed in SEEDS]
-    # the csv dataset needs dataset.path: it fails at data load and its run ends FAILED
-    jobs.append(["train", "crm=pop", "dataset=csv"])
+    # a SASRec whose hidden size its heads do not divide: it fails while building the model, and its run ends FAILED
+    jobs.append(["train", "quadrant=baseline", "crm=sasrec", "crm.hidden=64", "crm.heads=3", *QUICK])
     llmrec(*jobs[0], cwd=path, env_extra=env)  # creates the store before two jobs share it
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda args: llmrec(*args, cwd=path, env_extra=env, check=False), jobs[1:]))
     for args, p in zip(jobs[1:], done, strict=True):
-        assert (p.returncode != 0) == ("dataset=csv" in args), (args, p.stderr[-2000:])
+        assert (p.returncode != 0) == ("crm.heads=3" in args), (args, p.stderr[-2000:])
     return path, env
 
 
@@ -35,7 +35,7 @@ def test_table_shows_every_group_with_ci_p_values_and_the_failed_run(store):
     path, env = store
     p = llmrec("compare", cwd=path, env_extra=env)
     out = p.stdout
-    for text in ("pop", "bpr", "synthetic", "csv", "1 failed", "DataError", "test/full/ndcg_10", "±", "ref", "p="):
+    for text in ("pop", "bpr", "sasrec", "synthetic", "1 failed", "divisible", "test/full/ndcg_10", "±", "ref", "p="):
         assert text in out, text
     assert "skipped" not in p.stderr
 
@@ -44,12 +44,12 @@ def test_json_is_valid_and_only_json_on_stdout(store):
     path, env = store
     rows = json.loads(llmrec("compare", "--format", "json", "--baseline", "pop", cwd=path, env_extra=env).stdout)
     by = {(r["group"], r["dataset"]): r for r in rows}
-    assert set(by) == {("pop", "synthetic"), ("bpr", "synthetic"), ("pop", "csv")}
-    pop, bpr, failed = by["pop", "synthetic"], by["bpr", "synthetic"], by["pop", "csv"]
+    assert set(by) == {("pop", "synthetic"), ("bpr", "synthetic"), ("sasrec", "synthetic")}
+    pop, bpr, failed = by["pop", "synthetic"], by["bpr", "synthetic"], by["sasrec", "synthetic"]
     assert pop["is_reference"] and bpr["reference"] == "pop"
     assert pop["runs"]["finished"] == bpr["runs"]["finished"] == 3
     assert failed["runs"] == {"finished": 0, "failed": 1, "killed": 0, "running": 0}
-    assert "dataset.path" in failed["error"]
+    assert "divisible" in failed["error"]
     m = bpr["metrics"]["test/full/ndcg_10"]
     assert m["n"] == 3 and 0 <= m["mean"] <= 1 and m["ci95"] >= 0
     assert 0 <= m["p"] <= 1 and m["n_users"] > 0

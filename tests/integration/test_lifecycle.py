@@ -121,7 +121,9 @@ def test_ctrl_c_prints_the_run_and_the_resume_command(work):
         seen.append(line)
         if "training bpr" in line:
             break
-    time.sleep(1.0)
+    deadline = time.time() + 120  # the schema exists now: wait for the first epoch (slow on a busy machine)
+    while time.time() < deadline and not any("train/loss" in r.data.metrics for r in _runs(uri)[1]):
+        time.sleep(0.5)
     proc.send_signal(2)
     _, rest = proc.communicate(timeout=60)
     err = "".join(seen) + rest
