@@ -113,13 +113,14 @@ def test_resume_continues_the_killed_crm_run_in_the_same_mlflow_run(work, monkey
 
 def test_ctrl_c_prints_the_run_and_the_resume_command(work):
     path, uri = work
-    proc = subprocess.Popen([sys.executable, "-m", "llmrec_cli", "train", *QUICK[:-3], "trainer.max_epochs=500",
+    proc = subprocess.Popen([sys.executable, "-m", "llmrec_cli", "train", "quadrant=baseline", "crm=sasrec",
+                             "dataset=synthetic", "trainer.device=cpu", "trainer.max_epochs=500",
                              "trainer.patience=500"], cwd=path, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     seen = []
     for line in proc.stderr:  # the epochs line: the run exists and training has started
         seen.append(line)
-        if "training bpr" in line:
+        if "training sasrec" in line:
             break
     deadline = time.time() + 120  # the schema exists now: wait for the first epoch (slow on a busy machine)
     while time.time() < deadline and not any("train/loss" in r.data.metrics for r in _runs(uri)[1]):
