@@ -360,9 +360,9 @@ def runs_(
 
     from llmrec_cli import runs
     from llmrec_cli.report.select import split_list
-    from llmrec_cli.tracking import resolve_uri
+    from llmrec_cli.tracking import require_store, resolve_uri
 
-    uri = _existing_store(resolve_uri(tracking_uri))
+    uri = require_store(resolve_uri(tracking_uri))
     states = runs.list_runs(uri, split_list(experiment), [s.upper() for s in split_list(status)],
                             max_age * 60, limit)
     typer.echo(f"{'run id':<32}  {'state':<8}  {'started (UTC)':<16}  {'heartbeat':>9}  {'host:pid':<24}  name")
@@ -383,19 +383,13 @@ def runs_gc(
 ) -> None:
     """Mark RUNNING runs whose process is gone (this host) or whose heartbeat is stale as KILLED, with the reason."""
     from llmrec_cli import runs
-    from llmrec_cli.tracking import resolve_uri
+    from llmrec_cli.tracking import require_store, resolve_uri
 
-    uri = _existing_store(resolve_uri(tracking_uri))
+    uri = require_store(resolve_uri(tracking_uri))
     ghosts = runs.gc(uri, max_age * 60, dry_run=dry_run)
     for g in ghosts:
         typer.echo(f"{g.run_id}  {g.name}: {g.reason}")
     typer.echo(f"{'found' if dry_run else 'marked KILLED'}: {len(ghosts)} ghost run(s) in {uri}")
-
-
-def _existing_store(uri: str) -> str:
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise LlmrecError(f"no MLflow store at {uri}: run `llmrec train ...` first, or pass --tracking-uri")
-    return uri
 
 
 def _print_results(summary) -> None:

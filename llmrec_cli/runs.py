@@ -159,7 +159,10 @@ def gc(uri: str, max_age: float = DEFAULT_MAX_AGE, dry_run: bool = False) -> lis
 
 def gc_note(uri: str, max_age: float = DEFAULT_MAX_AGE) -> str | None:
     """`gc` for compare and sweep: a one-line note when it marked runs, None otherwise (or on a missing store)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    from llmrec_cli.tracking import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         return None
     ghosts = gc(uri, max_age)
     if not ghosts:
@@ -169,10 +172,9 @@ def gc_note(uri: str, max_age: float = DEFAULT_MAX_AGE) -> str | None:
 
 
 def _client(uri: str):
-    import logging
-
     from mlflow.tracking import MlflowClient
 
-    for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from llmrec_cli.tracking import quiet_store_logs
+
+    quiet_store_logs()
     return MlflowClient(tracking_uri=uri)

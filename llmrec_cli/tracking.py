@@ -25,6 +25,27 @@ def resolve_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store (None for other stores)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def require_store(uri: str) -> str:
+    """URI itself, or a one-line `LlmrecError` when it names a SQLite file that does not exist yet."""
+    from llmrec_cli.errors import LlmrecError
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise LlmrecError(f"no MLflow store at {uri}: run `llmrec train ...` first, or pass --tracking-uri")
+    return uri
+
+
+def quiet_store_logs() -> None:
+    """MLflow's schema-creation chatter (alembic) at WARNING."""
+    for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
@@ -51,8 +72,7 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):  # schema-creation chatter
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_store_logs()
         self.uri = resolve_uri(uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
@@ -191,10 +211,8 @@ def search_runs(uri: str, experiment_names: list[str] | None = None):
 
     from llmrec_cli.errors import LlmrecError
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise LlmrecError(f"no MLflow store at {uri}: run `llmrec train ...` first, or pass --tracking-uri")
-    for name in ("mlflow.store.db.utils", "alembic", "mlflow.store.db"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    require_store(uri)
+    quiet_store_logs()
     client = MlflowClient(tracking_uri=uri)
     exps = client.search_experiments()
     if experiment_names:
