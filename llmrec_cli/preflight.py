@@ -38,7 +38,7 @@ def check_run(cfg) -> None:
     check_writable("LLMREC_CACHE_DIR (the cache folder)", cache_dir())
     if cfg.method.get("needs_llm", False) and cfg.model.name != "none":
         check_model(cfg.model)
-    check_data(cfg.dataset)
+    check_data(cfg.dataset, needs_text=bool(cfg.method.get("needs_llm", False)))
     import logging
 
     logging.getLogger(__name__).info("preflight checks passed in %.2f s", time.perf_counter() - t0)
@@ -143,15 +143,20 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def check_data(dataset_cfg) -> None:
+def check_data(dataset_cfg, needs_text: bool = False) -> None:
     """The dataset's files are where the config says (the loader's own checks name the missing sub-folder or
-    file); preparing it here caches it for the run."""
+    file); preparing it here caches it for the run. NEEDS_TEXT (LLM methods): the items must have titles."""
     from llmrec_cli.data.load import load_prepared
 
     try:
-        load_prepared(dataset_cfg)
+        data = load_prepared(dataset_cfg)
     except (DataError, ConfigError):
         raise
     except FileNotFoundError as exc:
         raise DataError(f"dataset={dataset_cfg.name}: {exc.filename or exc} not found; check dataset.path / "
                         f"LLMREC_DATA_DIR") from None
+    if needs_text and not data.has_item_text:
+        hint = ("join titles with dataset.items_path=<metadata file: JSON lines or CSV keyed by item id>"
+                if "items_path" in dataset_cfg else "use a dataset with item titles")
+        raise DataError(f"dataset={dataset_cfg.name} has no item text (every item's title is its id), which LLM "
+                        f"methods need: {hint}, or run a CRM (quadrant=baseline)")

@@ -2,6 +2,12 @@
 
     python scripts/bench_crm.py [--datasets ml-100k ml-1m] [--epochs 3] [--threads 2]
     python scripts/bench_crm.py --thread-matrix [--epochs 3]
+    python scripts/bench_crm.py --crms [--datasets ml-100k amazon-beauty] [--epochs 3]
+
+`--crms`: every trainable CRM (BPR, SASRec ce/bce, GRU4Rec, BERT4Rec, LightGCN) with its `conf/crm` defaults
+(sequence models at max_len=50): seconds per training epoch and training items per second (predicted positions
+for sequence models, (user, item) pairs for BPR and LightGCN), plus the seconds of one full-ranking pass over
+every user's valid split.
 
 `--thread-matrix`: BPR and SASRec epochs on ML-100K in fresh processes for every (threads 1 / all cores,
 OpenMP waiting: OMP_WAIT_POLICY=ACTIVE / PASSIVE / GOMP_SPINCOUNT=10000, alone / beside a busy process spinning on
@@ -32,10 +38,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--thread-matrix", action="store_true", help="1 vs N threads, wait policies, busy neighbour")
+    ap.add_argument("--crms", action="store_true", help="seconds per epoch and items/s of every trainable CRM")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.thread_matrix:
         return thread_matrix(args.epochs)
+    if args.crms:
+        return crm_table(args.datasets, args.epochs, args.threads)
     if args.child:
         return child(args.child, args.threads, args.epochs)
     os.environ.setdefault("LLMREC_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -86,6 +95,63 @@ def main() -> int:
             results[variant] = sec
             print(f"{name:<10} {variant:<7} {sec:>8.2f} {items / sec:>10,.0f} {len(model._windows):>8,} {items:>9,}")
         print(f"{name:<10} speed-up ours/naive: {results['naive'] / results['ours']:.2f}x")
+    return 0
+
+
+#: (label, crm, overrides) timed by --crms.
+CRM_VARIANTS = (("bpr", "bpr", []), ("sasrec ce", "sasrec", ["crm.max_len=50"]),
+                ("sasrec bce", "sasrec", ["crm.max_len=50", "crm.loss=bce"]), ("gru4rec", "gru4rec", []),
+                ("bert4rec", "bert4rec", []), ("lightgcn", "lightgcn", []))
+
+
+def crm_table(datasets: list[str], epochs: int, threads: int | None) -> int:
+    os.environ.setdefault("LLMREC_DATA_DIR", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    import torch
+
+    from llmrec_cli import registry
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.data.load import load_prepared
+    from llmrec_cli.errors import LlmrecError
+    from llmrec_cli.utils.runtime import seed_everything
+
+    if threads:
+        torch.set_num_threads(threads)
+    registry.load_all()
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} cores={os.cpu_count()}; median of {epochs} "
+          "epochs after a warm-up")
+    print(f"{'dataset':<14} {'crm':<11} {'s/epoch':>8} {'items/s':>10} {'items':>9} {'rank all s':>10}")
+    for name in datasets:
+        for label, crm, over in CRM_VARIANTS:
+            try:
+                cfg = compose_run([f"dataset={name}", f"crm={crm}", *over])
+                prepared = load_prepared(cfg.dataset)
+            except LlmrecError as exc:
+                print(f"{name:<14} skipped: {exc}")
+                break
+            data = prepared.train_view()
+            seed_everything(0)
+            model = registry.CRMS[crm].obj(cfg.crm, data.n_users, data.n_items)
+            model.setup(data)
+            windows = getattr(model, "_windows", None)
+            items = sum(len(w) - 1 for w in windows) if windows is not None else int(data.train_lengths().sum())
+            opt, rng = model.make_optimizer(), np.random.default_rng(0)
+            model.train()
+            model.train_epoch(data, opt, rng, progress=False)  # warm-up
+            times = []
+            for _ in range(epochs):
+                t = time.perf_counter()
+                model.train_epoch(data, opt, rng, progress=False)
+                times.append(time.perf_counter() - t)
+            model.eval()
+            users = prepared.eval_users("valid")
+            t = time.perf_counter()
+            with torch.no_grad():
+                for s in range(0, len(users), 512):
+                    batch = users[s : s + 512]
+                    model.score(batch, [prepared.history(int(u), "valid") for u in batch], None)
+            rank_s = time.perf_counter() - t
+            sec = float(np.median(times))
+            print(f"{name:<14} {label:<11} {sec:>8.2f} {items / sec:>10,.0f} {items:>9,} {rank_s:>10.2f}")
     return 0
 
 

@@ -146,9 +146,19 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             extra.append(f"quadrant={cfg.method.quadrant}")
         if extra or first is not overrides:
             cfg = _compose(overrides + [_quote_numeric_choice(o) for o in extra])
+    _protocol_candidates(cfg)
     validate(cfg)
     resolve_epochs(cfg)
     return cfg
+
+
+def _protocol_candidates(cfg: DictConfig) -> None:
+    """A protocol preset's `candidates=crm_topk` is for the LLM rerankers of its paper (quadrants 1/3/4); methods
+    that rank the whole catalogue themselves (CRM baselines, quadrant 2) keep the plain candidates under it, so
+    `protocol=llamarec quadrant=baseline` is the retriever alone."""
+    if ("candidates.source" in cfg.protocol.changes and cfg.candidates.source == "crm_topk"
+            and str(cfg.quadrant.id) not in ("1", "3", "4")):
+        cfg.candidates.source = "sampled"
 
 
 def resolve_epochs(cfg: DictConfig) -> None:

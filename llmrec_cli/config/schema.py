@@ -147,6 +147,22 @@ class TrackingConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """A paper's evaluation protocol as a preset (`conf/protocol/*.yaml`, `@package _global_`).
+
+    `unified` (the default) is llmrec's own protocol and changes nothing. A preset overrides only the keys its
+    paper did differently and lists them in `changes`; `differences` says how llmrec still differs from the
+    paper's own code (tested: composing a preset changes exactly the keys in `changes`).
+    """
+
+    name: str = "unified"
+    paper: str = ""  # the paper whose protocol this is
+    source: str = ""  # the repository file(s) it follows, with commit
+    changes: list[str] = field(default_factory=list)  # config keys the preset sets (dotted)
+    differences: list[str] = field(default_factory=list)  # what still differs from the paper's setup
+
+
+@dataclass
 class RunConfig:
     """Top-level keys. Group nodes are typed by their own schemas (`Any` here)."""
 
@@ -159,6 +175,7 @@ class RunConfig:
     eval: Any = MISSING
     trainer: Any = MISSING
     tracking: Any = MISSING
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = 0
     run_name: str | None = None
     output_dir: str = "outputs"  # local run folders (checkpoints); artifacts also go to MLflow

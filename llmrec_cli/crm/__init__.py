@@ -1,1 +1,1 @@
-"""Conventional recommenders (Pop, BPR-MF, SASRec). Kept import-light: modules are loaded by the registry."""
+"""Conventional recommenders (Pop, BPR-MF, SASRec, GRU4Rec, BERT4Rec, LightGCN). Kept import-light: modules are loaded by the registry."""

@@ -99,6 +99,19 @@ class CRM(nn.Module):
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
 
+def sample_unseen(users: np.ndarray, seen: set[int], n_items: int, rng: np.random.Generator) -> np.ndarray:
+    """One uniform item per entry of USERS, redrawn (up to 20 times) while it is a training positive of that user;
+    SEEN holds `user * (n_items + 1) + item` of every training pair."""
+    neg = rng.integers(1, n_items + 1, size=len(users))
+    for _ in range(20):
+        bad = np.fromiter(((int(u) * (n_items + 1) + int(i)) in seen for u, i in zip(users, neg, strict=True)),
+                          dtype=bool, count=len(users))
+        if not bad.any():
+            break
+        neg[bad] = rng.integers(1, n_items + 1, size=int(bad.sum()))
+    return neg
+
+
 def gather_or_all(scores_all: torch.Tensor, items: np.ndarray | None) -> torch.Tensor:
     if items is None:
         return scores_all

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec_cli.crm.base import CRM
+from llmrec_cli.crm.base import CRM, sample_unseen
 from llmrec_cli.crm.configs import BPRConfig
 from llmrec_cli.registry import register_crm
 
@@ -58,14 +58,7 @@ class BPR(CRM):
         return total / max(n, 1)
 
     def _sample_negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        neg = rng.integers(1, self.n_items + 1, size=len(users))
-        for _ in range(20):  # resample the few that hit a training positive
-            bad = np.fromiter(((int(u) * (self.n_items + 1) + int(i)) in self._seen for u, i in zip(users, neg, strict=True)),
-                              dtype=bool, count=len(users))
-            if not bad.any():
-                break
-            neg[bad] = rng.integers(1, self.n_items + 1, size=int(bad.sum()))
-        return neg
+        return sample_unseen(users, self._seen, self.n_items, rng)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_table()

@@ -75,6 +75,11 @@ class PreparedData(Catalogue):
     def has_ratings(self) -> bool:
         return bool(np.isfinite(self.seq_ratings).any())
 
+    @property
+    def has_item_text(self) -> bool:
+        """Whether any item has a title of its own (a dataset without text has each item's id as its title)."""
+        return has_item_text(self.items)
+
     def sequence(self, u: int) -> np.ndarray:
         return self.seq_items[self.offsets[u] : self.offsets[u + 1]]
 
@@ -140,6 +145,10 @@ class PreparedData(Catalogue):
         from llmrec_cli.data.views import TrainView
 
         return TrainView.of(self)
+
+
+def has_item_text(items: pd.DataFrame) -> bool:
+    return bool((items["title"].astype(str) != items["item"].astype(str)).any())
 
 
 def dataset_key(dataset_cfg: dict) -> str:

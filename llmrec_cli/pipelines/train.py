@@ -244,6 +244,7 @@ def setup(cfg: DictConfig, tracker: Tracker, run_id: str) -> Session:
     tracker.set_tags({"dataset_hash": data.data_hash, "candidate_set_hash": plan.hash,
                       "protocol_hash": protocol_hash(data, plan.settings), "split": data.split,
                       "protocol": protocol_label(data, cfg.dataset, plan),
+                      "protocol_preset": str(cfg.protocol.name), "crm_loss": str(cfg.crm.get("loss", "")),
                       "n_eval_users": len(plan["test"].users), "n_candidates": int(cfg.eval.num_negatives) + 1,
                       "n_users": data.n_users, "n_items": data.n_items})
     timings = {"time/prepare_seconds": time.perf_counter() - t0}
