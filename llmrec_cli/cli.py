@@ -29,6 +29,9 @@ app.add_typer(data_app, name="data")
 runs_app = typer.Typer(help="List runs with their real state; `llmrec runs gc` marks ghost runs KILLED.",
                        rich_markup_mode=None, invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
+report_app = typer.Typer(help="Write report pages from MLflow runs (docs/reproduction.md).", no_args_is_help=True,
+                         rich_markup_mode=None)
+app.add_typer(report_app, name="report")
 
 
 def _compose(args: list[str]):
@@ -339,6 +342,29 @@ def plot(
     comp = _comparison(tracking_uri, experiment, parent, dataset, tag, status, metric, baseline, "none",
                        include_reevals, keep_duplicates=keep_duplicates)
     _plots(comp, directory, log_to_run)
+
+
+@report_app.command("reproduction")
+def report_reproduction(
+    out: Path = typer.Option(Path("docs/reproduction.md"), "--out", "-o", help="The page to write (atomically)."),
+    experiment: list[str] | None = _EXPERIMENT,
+    unified: list[str] | None = typer.Option(None, "--unified-dataset", help="Datasets whose CRM baselines under the "
+                                             "unified protocol get their own table (repeatable; default ml-100k)."),
+    tracking_uri: str | None = _TRACKING_URI,
+) -> None:
+    """Published numbers (paper, source) beside llmrec's mean ± 95% CI under each paper's protocol."""
+    from llmrec_cli import runs
+    from llmrec_cli.report.reproduction import write_reproduction
+    from llmrec_cli.report.select import split_list
+    from llmrec_cli.tracking import require_store, resolve_uri
+
+    uri = require_store(resolve_uri(tracking_uri))
+    note = runs.gc_note(uri)
+    if note:
+        typer.echo(note, err=True)
+    datasets = tuple(split_list(unified)) or ("ml-100k",)
+    write_reproduction(uri, out, split_list(experiment) or None, datasets)
+    typer.echo(f"wrote {out}", err=True)
 
 
 _MAX_AGE = typer.Option(30.0, "--max-age", help="Minutes without a heartbeat after which a RUNNING run from any "

@@ -32,7 +32,7 @@ GROUP_KEYS = ("quadrant", "method", "model", "crm", "dataset")
 VARIANT_PARAMS = ("scoring", "mode", "head", "num_samples", "aux_tasks")
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 QUADRANT_ORDER = {"baseline": 0, "1": 1, "2": 2, "3": 3, "4": 4}
-BASELINE_ORDER = {"pop": 0, "bpr": 1, "sasrec": 2}
+BASELINE_ORDER = {"pop": 0, "bpr": 1, "lightgcn": 2, "gru4rec": 3, "bert4rec": 4, "sasrec": 5}
 #: What decides a protocol for runs without the `protocol_hash` tag (besides tag `dataset_hash`): MLflow params.
 PROTOCOL_PARAMS = ("dataset.name", "dataset.kcore", "dataset.min_rating", "dataset.split", "dataset.split_time",
                    "eval.num_negatives", "eval.negative_sampling", "eval.pointwise_negatives", "eval.like_threshold",
@@ -137,6 +137,9 @@ def run_variant(row) -> str:
         value = row.get(f"params.method.{key}")
         if isinstance(value, str) and value not in ("", "None", "null", "[]"):
             parts.append(f"{key}={value.replace(' ', '')}")
+    loss = row.get("params.crm.loss")  # a CRM's objective (SASRec ce | bce): a variant, ce the default
+    if isinstance(loss, str) and loss not in ("", "None", "ce"):
+        parts.append(f"loss={loss}")
     source = row.get("params.candidates.source")
     if isinstance(source, str) and source not in ("", "None", "sampled"):
         parts.append(f"candidates={source}")

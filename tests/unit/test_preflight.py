@@ -72,3 +72,16 @@ def test_a_missing_dataset_sub_folder_is_named(tmp_path, monkeypatch):
     (tmp_path / "ml-100k" / "u.data").write_text("1\t1\t5\t1\n")
     with pytest.raises(LlmrecError, match="ml-100k lacks u.item"):
         preflight.check_data(cfg.dataset)
+
+
+def test_an_llm_method_on_a_dataset_without_item_text_stops_and_says_how_to_add_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "user-sequence"
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_run(["dataset=user-sequence", f"dataset.path={fixture}", "quadrant=3", "model=tiny-llama"])
+    with pytest.raises(LlmrecError, match=r"dataset=user-sequence has no item text.*dataset.items_path="):
+        preflight.check_data(cfg.dataset, needs_text=True)
+    preflight.check_data(cfg.dataset, needs_text=False)  # a CRM does not need text
+    cfg = compose_run(["dataset=user-sequence", f"dataset.path={fixture}", f"dataset.items_path={fixture}/meta.jsonl"])
+    preflight.check_data(cfg.dataset, needs_text=True)

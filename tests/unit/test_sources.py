@@ -302,3 +302,73 @@ def test_csv_encoding_is_a_key_and_a_wrong_one_is_named(tmp_path):
     assert sorted(set(raw.interactions["item"])) == ["café", "naïve"]
     with pytest.raises(DataError, match="dataset.encoding=klingon is not a known"):
         load_csv(CsvConfig(name="c", loader="csv", path=str(path), encoding="klingon"))
+
+
+# ---- user_sequence.txt (P5 / TIGER format) ----------------------------------------------------------------------
+
+def _user_sequence_cfg(**over):
+    from llmrec_cli.data.sources.user_sequence import UserSequenceConfig
+
+    return OmegaConf.structured(UserSequenceConfig(name="user-sequence", loader="user-sequence", kcore=0, **over))
+
+
+def test_user_sequence_reads_lines_in_order_without_text():
+    from llmrec_cli.data.sources.user_sequence import load_user_sequence
+
+    raw = load_user_sequence(_user_sequence_cfg(path=str(FIX / "user-sequence")))
+    check_contract(raw)
+    lines = [line.split() for line in (FIX / "user-sequence" / "user_sequence.txt").read_text().splitlines()]
+    assert len(raw.interactions) == sum(len(f) - 1 for f in lines) and not raw.has_time
+    first = raw.interactions[raw.interactions["user"] == lines[0][0]]
+    assert first["item"].tolist() == lines[0][1:] and first["timestamp"].tolist() == list(range(len(lines[0]) - 1))
+    assert raw.items.empty and raw.interactions["rating"].isna().all()
+
+
+def test_user_sequence_joins_json_lines_and_python_literal_metadata():
+    from llmrec_cli.data.prepare import has_item_text, prepare
+    from llmrec_cli.data.sources.user_sequence import load_user_sequence
+
+    cfg = _user_sequence_cfg(path=str(FIX / "user-sequence" / "user_sequence.txt"),
+                             items_path=str(FIX / "user-sequence" / "meta.jsonl"))
+    raw = load_user_sequence(cfg)
+    meta = raw.items.set_index("item")
+    assert meta.loc["B0003", "title"] == "Serum number 3"
+    assert meta.loc["B0003", "categories"] == "Beauty, Skin Care" and meta.loc["B0003", "brand"] == "Acme"
+    data = prepare(raw, OmegaConf.to_container(cfg))
+    assert data.has_item_text and has_item_text(data.items)
+    titles = data.items.set_index("item")["title"]
+    assert titles["B0009"] == "B0009"  # no metadata: the id stands in
+    old = load_user_sequence(_user_sequence_cfg(path=str(FIX / "user-sequence"),
+                                                items_path=str(FIX / "user-sequence" / "meta_py.json")))
+    assert old.items.set_index("item").loc["B0000", "title"] == "Old-style dump"
+
+
+@pytest.mark.parametrize("content, match", [("U1 a b c\nU1 d e f\n", "second line"), ("\n\n", "no interactions")])
+def test_user_sequence_errors(tmp_path, content, match):
+    from llmrec_cli.data.sources.user_sequence import load_user_sequence
+
+    (tmp_path / "user_sequence.txt").write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_user_sequence(_user_sequence_cfg(path=str(tmp_path)))
+    with pytest.raises(DataError, match="item_key"):
+        (tmp_path / "user_sequence.txt").write_text("U1 a b c\n")
+        (tmp_path / "m.csv").write_text("id,title\na,A\n")
+        load_user_sequence(_user_sequence_cfg(path=str(tmp_path), items_path=str(tmp_path / "m.csv")))
+
+
+def test_amazon_beauty_keeps_its_published_statistics(monkeypatch):
+    """The P5/TIGER Beauty split: 22,363 users, 12,101 items, 198,502 interactions, before and after preparation
+    (the preset does not re-filter the 5-core file), leave-one-out on every user."""
+    if not (REAL / "amazon-beauty-2014-5core-seq").is_dir():
+        pytest.skip("../shared/data/amazon-beauty-2014-5core-seq is absent")
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.data.load import load_prepared
+
+    monkeypatch.setenv("LLMREC_DATA_DIR", str(REAL))
+    data = load_prepared(compose_run(["dataset=amazon-beauty"]).dataset, progress=False)
+    for stage in ("raw", "prepared"):
+        counts = data.stats[stage]
+        assert (counts["users"], counts["items"], counts["interactions"]) == (22363, 12101, 198502), stage
+    assert len(data.eval_users("test")) == len(data.eval_users("valid")) == 22363
+    assert int(data.train_end.sum()) == 198502 - 2 * 22363
+    assert not data.has_item_text
