@@ -49,7 +49,7 @@ from llmrec_cli.utils.io import atomic_path
 CHECKPOINT = "q2_crm.pt"
 MODES = ("init", "feature")
 ADAPTERS = ("linear", "mlp")
-CRMS = ("sasrec", "bpr")
+CRMS = ("sasrec", "bpr", "gru4rec", "bert4rec", "lightgcn")  # trainable CRMs with an item table `item_emb`
 
 
 # ---- text vectors -> CRM space -----------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class LLMEncoder(LLMMethod):
         self._cost["cost/embed_seconds"] = 0.0
         if str(ctx.cfg.crm.name) not in CRMS:
             raise ConfigError(f"method={cfg.name} feeds text into a trainable CRM with an item table: "
-                              f"use crm=sasrec or crm=bpr, not crm={ctx.cfg.crm.name}")
+                              f"use crm={' | '.join(CRMS)}, not crm={ctx.cfg.crm.name}")
         for key, allowed in (("mode", MODES), ("adapter", ADAPTERS)):
             if str(cfg[key]) not in allowed:
                 raise ConfigError(f"method.{key}={cfg[key]} is not one of {', '.join(allowed)}")

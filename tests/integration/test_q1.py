@@ -51,6 +51,17 @@ def test_collm_trains_in_line_logs_and_reloads_exactly(work, head):
     assert not any(k.startswith(("crm/", "fit/")) for k in again.metrics)
 
 
+@pytest.mark.parametrize("crm", ["gru4rec", "lightgcn"])
+def test_collm_reads_any_crm_of_the_papers(work, crm):
+    """Quadrant 1 takes the new baselines' user and item embeddings as soft tokens."""
+    path, uri = work
+    over = [f"crm={crm}" if a == "crm=sasrec" else a for a in COLLM]
+    summary = run_train(compose_run([*over, f"tracking.uri={uri}"]))
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["crm"] == crm
+    assert 0.0 <= summary.metrics["test/sampled/ndcg_10"] <= 1.0
+
+
 def test_collm_reuses_a_finished_crm_run(work):
     path, uri = work
     base = run_train(compose_run(["quadrant=baseline", "crm=sasrec", *QUICK, "trainer.max_epochs=2",

@@ -10,7 +10,8 @@ from llmrec_cli.pipelines.train import run_train
 
 QUICK = ["model=tiny-llama", "dataset=synthetic", "eval.max_users=12", "trainer.max_epochs=2", "trainer.device=cpu",
          "trainer.progress=false"]
-SHORT = {"sasrec": ["crm.max_len=30"], "bpr": []}  # synthetic sequences are shorter than 30
+SHORT = {"sasrec": ["crm.max_len=30"], "bpr": [], "gru4rec": ["crm.max_len=30"], "bert4rec": ["crm.max_len=30"],
+         "lightgcn": []}  # synthetic sequences are shorter than 30
 REPRODUCED = ("test/full/ndcg_10", "test/sampled/ndcg_10", "test/pointwise/auc", "valid/full/ndcg_10")
 
 
@@ -42,6 +43,16 @@ def test_llm_encoder_trains_the_crm_on_text_and_reloads(work, mode, crm):
     assert run.data.tags["crm"] == crm and params["llm_encoder.text_dim"] == "32"
     assert params["llm_encoder.mode"] == mode
     assert summary.metrics["cost/embed_seconds"] >= 0 and "fit/best/valid/full/ndcg_10" in summary.metrics
+
+
+@pytest.mark.parametrize("crm", ["gru4rec", "bert4rec", "lightgcn"])
+def test_the_papers_baselines_take_text_item_tables_too(work, crm):
+    """Every trainable CRM with an item table is a quadrant-2 component (its `item_emb` from text)."""
+    path, uri = work
+    summary = run_train(compose_run(["method=llm_encoder", "method.mode=feature", f"crm={crm}", *SHORT[crm],
+                                     *QUICK, f"tracking.uri={uri}"]))
+    run = check_run(uri, summary, {"checkpoint/q2_crm.pt"})
+    assert run.data.tags["crm"] == crm
 
 
 def test_llm_augment_generates_profiles_and_feeds_the_crm(work):

@@ -79,14 +79,15 @@ def test_crm_topk_rejects_a_crm_run_of_another_type(work):
         run_train(cfg)
 
 
-def test_crm_topk_trains_its_crm_in_line_for_the_embedding_ranker(work):
+@pytest.mark.parametrize("crm", ["bpr", "lightgcn", "bert4rec"])
+def test_crm_topk_trains_its_crm_in_line_for_the_embedding_ranker(work, crm):
     path, uri = work
-    cfg = compose_run(["method=embedding_zero_shot", "model=tiny-llama", "candidates=crm_topk", "crm=bpr",
+    cfg = compose_run(["method=embedding_zero_shot", "model=tiny-llama", "candidates=crm_topk", f"crm={crm}",
                        "trainer.max_epochs=2", *QUICK, f"tracking.uri={uri}"])
     summary = run_train(cfg)
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary.run_id)
     assert run.data.tags["crm_source"] == "inline" and run.data.metrics["crm/fit/epochs"] == 2
-    assert "crm/train/loss" in run.data.metrics and run.data.params["candidates.prefilter"] == "bpr"
+    assert "crm/train/loss" in run.data.metrics and run.data.params["candidates.prefilter"] == crm
     assert 0.0 <= summary.metrics["test/full/ndcg_10"] <= 1.0
 
 
