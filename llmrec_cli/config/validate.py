@@ -33,7 +33,8 @@ def _describe(group: str, name: str, max_chars: int = 160) -> str:
 
 def catalogue() -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {}
-    for group in ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval", "trainer", "experiment", "arm"):
+    for group in ("dataset", "quadrant", "method", "crm", "candidates", "model", "eval", "protocol", "trainer", "experiment",
+                  "arm"):
         rows = []
         for name in group_options(group):
             desc = _describe(group, name)
@@ -71,7 +72,7 @@ def combinations() -> list[list[str]]:
         method_cfg = _with_schema("method", default, SCHEMAS.get(default, MethodConfig))
         model = next(m for m, cfg in models.items() if not model_problem(method_cfg, cfg))
         combos.append([f"quadrant={quadrant}", f"model={model}"])
-    for group in ("dataset", "eval", "trainer", "tracking", "experiment"):
+    for group in ("dataset", "eval", "protocol", "trainer", "tracking", "experiment"):
         combos.extend([f"{group}={name}"] for name in group_options(group))
     for name in group_options("candidates"):
         combos.append(["quadrant=3", "model=tiny-llama", f"candidates={name}"])
