@@ -51,7 +51,7 @@ def test_collm_trains_in_line_logs_and_reloads_exactly(work, head):
     assert not any(k.startswith(("crm/", "fit/")) for k in again.metrics)
 
 
-@pytest.mark.parametrize("crm", ["gru4rec", "lightgcn"])
+@pytest.mark.parametrize("crm", ["lightgcn"])
 def test_collm_reads_any_crm_of_the_papers(work, crm):
     """Quadrant 1 takes the new baselines' user and item embeddings as soft tokens."""
     path, uri = work

@@ -79,7 +79,7 @@ def test_crm_topk_rejects_a_crm_run_of_another_type(work):
         run_train(cfg)
 
 
-@pytest.mark.parametrize("crm", ["bpr", "lightgcn", "bert4rec"])
+@pytest.mark.parametrize("crm", ["bpr", "gru4rec"])
 def test_crm_topk_trains_its_crm_in_line_for_the_embedding_ranker(work, crm):
     path, uri = work
     cfg = compose_run(["method=embedding_zero_shot", "model=tiny-llama", "candidates=crm_topk", f"crm={crm}",
