@@ -21,20 +21,20 @@ beauty_a() {
 beauty_b() {
   $llmrec sweep experiment=p5-beauty crm=bpr trainer.max_epochs=60 trainer.patience=5 "${common[@]}"
   $llmrec sweep experiment=p5-beauty crm=sasrec crm.loss=bce crm.max_len=50 trainer.max_epochs=40 trainer.patience=5 "${common[@]}"
-  $llmrec sweep experiment=p5-beauty crm=bert4rec trainer.max_epochs=20 "${common[@]}"
-  $llmrec sweep experiment=p5-beauty crm=lightgcn crm.batch_size=8192 crm.lr=0.005 trainer.max_epochs=20 trainer.patience=5 "${common[@]}"
+  $llmrec sweep experiment=p5-beauty crm=bert4rec trainer.max_epochs=15 "${common[@]}"
+  $llmrec sweep experiment=p5-beauty crm=lightgcn crm.batch_size=8192 crm.lr=0.005 trainer.max_epochs=15 trainer.patience=5 "${common[@]}"
 }
-ml100k=(trainer.max_epochs=40 trainer.patience=5)
+ml100k=(trainer.max_epochs=30 trainer.patience=5)
 ml100k_a() {
   $llmrec sweep experiment=baselines-ml100k crm=pop "${common[@]}"
   $llmrec sweep experiment=baselines-ml100k crm=sasrec "${ml100k[@]}" "${common[@]}"
   $llmrec sweep experiment=baselines-ml100k crm=sasrec crm.loss=bce "${ml100k[@]}" "${common[@]}"
   $llmrec sweep experiment=baselines-ml100k crm=gru4rec "${ml100k[@]}" "${common[@]}"
-  $llmrec sweep experiment=baselines-ml100k crm=bert4rec "${ml100k[@]}" "${common[@]}"
+  $llmrec sweep experiment=baselines-ml100k crm=bpr "${ml100k[@]}" "${common[@]}"
 }
 ml100k_b() {
-  $llmrec sweep experiment=baselines-ml100k crm=bpr "${ml100k[@]}" "${common[@]}"
   $llmrec sweep experiment=baselines-ml100k protocol=llamarec crm=sasrec "${ml100k[@]}" "${common[@]}"
+  $llmrec sweep experiment=baselines-ml100k crm=bert4rec "${ml100k[@]}" "${common[@]}"
   $llmrec sweep experiment=baselines-ml100k crm=lightgcn crm.lr=0.005 "${ml100k[@]}" "${common[@]}"
 }
 
