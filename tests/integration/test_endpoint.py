@@ -1,0 +1,123 @@
+"""The OpenAI-compatible endpoint client against a real server: `transformers serve` on 127.0.0.1 serving the
+tiny random Llama (saved to a folder), not a mock. Unreachable servers, unknown models, missing keys, the
+response cache (rerun = no requests; a torn line from a kill is asked again)."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from llmrec_cli.llm.endpoint import Endpoint, EndpointError, ResponseCache
+
+SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base_url, model name): `transformers serve` with the tiny random Llama, stopped after the module."""
+    if SERVE is None:
+        pytest.skip("the `transformers` command is not installed")
+    from llmrec_cli.llm.tiny import tiny_bos_tokenizer, tiny_llama
+
+    folder = tmp_path_factory.mktemp("tiny-served")
+    model, _ = tiny_llama()
+    model.save_pretrained(folder)
+    tiny_bos_tokenizer().save_pretrained(folder)
+    port = free_port()
+    log = open(folder / "serve.log", "w")
+    proc = subprocess.Popen([SERVE, "serve", "--host", "127.0.0.1", "--port", str(port), str(folder)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"transformers serve did not start: {(folder / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"{url}/v1", str(folder)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def endpoint(base_url, name, tmp_path, **over):
+    cfg = OmegaConf.create({"base_url": base_url, "name": name, "api_key_env": None, "timeout": 30,
+                            "max_concurrency": 2, "max_retries": 1, "backoff_seconds": 0.1, "max_tokens": 4, **over})
+    return Endpoint(cfg, cache_root=tmp_path / "cache")
+
+
+def test_a_served_model_answers_and_a_rerun_comes_from_the_cache(server, tmp_path):
+    base_url, name = server
+    ep = endpoint(base_url, name, tmp_path)
+    assert name in ep.check()["served"]
+    talks = [[{"role": "user", "content": f"Say a number: {i}"}] for i in range(3)]
+    first = ep.chat(talks)
+    assert len(first) == 3 and ep.stats.requests == 3 and ep.stats.cache_hits == 0
+    assert all(a["model"] and a["prompt_tokens"] > 0 and a["latency_s"] > 0 for a in first)
+    again = endpoint(base_url, name, tmp_path)  # a fresh process reading the same cache
+    second = again.chat(talks)
+    assert [a["text"] for a in second] == [a["text"] for a in first]
+    assert again.stats.requests == 0 and again.stats.cache_hits == 3
+    assert again.stats.metrics()["endpoint/cache_hit_rate"] == 1.0
+
+
+def test_an_unknown_model_is_one_line_naming_what_is_served(server, tmp_path):
+    base_url, name = server
+    with pytest.raises(EndpointError, match=r"model.name=no/such-model is not served by .* \(it serves: "):
+        endpoint(base_url, "no/such-model", tmp_path).check()
+
+
+def test_an_unreachable_server_fails_fast_with_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(EndpointError, match=rf"model.base_url=http://127.0.0.1:{port}/v1: no server answered"):
+        endpoint(f"http://127.0.0.1:{port}/v1", "m", tmp_path).check()
+    assert time.perf_counter() - t0 < 10
+
+
+def test_a_missing_api_key_variable_is_named_and_the_key_never_stored(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMREC_TEST_KEY", raising=False)
+    with pytest.raises(EndpointError, match="model.api_key_env=LLMREC_TEST_KEY: the environment variable"):
+        endpoint("http://127.0.0.1:9/v1", "m", tmp_path, api_key_env="LLMREC_TEST_KEY")
+    monkeypatch.setenv("LLMREC_TEST_KEY", "sk-secret-123")
+    ep = endpoint("http://127.0.0.1:9/v1", "m", tmp_path, api_key_env="LLMREC_TEST_KEY")
+    assert ep.api_key == "sk-secret-123"
+
+
+def test_a_torn_cache_line_is_asked_again_and_whole_lines_stay(tmp_path):
+    cache = ResponseCache(tmp_path / "c.jsonl")
+    cache.put("a", {"text": "A"})
+    with open(tmp_path / "c.jsonl", "a") as f:
+        f.write('{"key": "b", "answer": {"te')  # killed mid-write
+    again = ResponseCache(tmp_path / "c.jsonl")
+    assert again.get("a") == {"text": "A"} and again.get("b") is None and again.torn == 1
+    again.put("b", {"text": "B"})
+    lines = (tmp_path / "c.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]) == {"key": "b", "answer": {"text": "B"}}
+    assert ResponseCache(tmp_path / "c.jsonl").get("b") == {"text": "B"}
