@@ -86,9 +86,15 @@ def check_writable(key: str, folder: Path) -> None:
 
 
 def check_model(model_cfg) -> None:
-    """The weights `llm.loading` would load are reachable, without loading them."""
+    """The weights `llm.loading` would load are reachable, without loading them; an endpoint answers and
+    serves the model (one `/models` request), with its API key variable set."""
     from llmrec_cli.llm import loading
 
+    if model_cfg.get("kind") == "endpoint":
+        from llmrec_cli.llm.endpoint import Endpoint
+
+        Endpoint(model_cfg).check()
+        return
     if model_cfg.get("tiny"):
         return
     if model_cfg.get("package_dir"):

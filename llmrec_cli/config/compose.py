@@ -246,6 +246,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("quadrant=baseline needs crm=pop|bpr|sasrec")
 
 
+#: Methods that can run on `model=endpoint`.
+ENDPOINT_METHODS = ("zero_shot",)
+
+
 def model_problem(method, model) -> str | None:
     """Why `model=` cannot serve `method=` (None when it can): LLM methods need a backbone of their kind,
     and tuned methods (`needs_peft`) a model with a `peft` block."""
@@ -253,6 +257,11 @@ def model_problem(method, model) -> str | None:
         return None
     if model.name == "none":
         return f"method={method.name} needs an LLM: pick model= (see `llmrec ls`), e.g. model=tiny-llama"
+    if model.get("kind") == "endpoint":
+        if method.name not in ENDPOINT_METHODS:
+            return (f"model=endpoint serves only method={' | '.join(ENDPOINT_METHODS)} (an API returns text and "
+                    f"token log-probabilities, not weights to tune or hidden states), not method={method.name}")
+        return None
     kind = method.get("llm_kind", "any")
     if kind != "any" and model.get("kind", "causal") != kind:
         return f"method={method.name} needs a {kind} model, but model={model.name} is {model.get('kind')}"

@@ -97,6 +97,18 @@ class ModelConfig:
     pooling: str = "mean"  # mean | cls: how token states become one embedding (kind=encoder)
     gradient_checkpointing: bool = False  # trade compute for memory when tuning (non-reentrant)
     peft: LoraConfig | None = None  # LoRA adapters; null: none (the backbone is used frozen)
+    # kind=endpoint (conf/model/endpoint.yaml): `name` is the served model, reached at `base_url`
+    base_url: str | None = None  # an OpenAI-compatible API, e.g. http://localhost:8000/v1
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key (never the key)
+    timeout: float = 60.0  # seconds per request
+    max_concurrency: int = 4  # requests in flight
+    max_retries: int = 5  # on 429 / 5xx / timeouts, with exponential backoff
+    backoff_seconds: float = 1.0  # first retry wait; doubles each retry
+    temperature: float = 0.0  # greedy by default (reproducible, cacheable)
+    seed: int = 0  # sent with every request
+    max_tokens: int = 256  # answer budget for method.scoring=generate
+    price_per_1m_input: float | None = None  # optional money cost, per million prompt tokens
+    price_per_1m_output: float | None = None  # per million completion tokens
 
 
 @dataclass

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from llmrec_cli.errors import LlmrecError
 
 
@@ -152,7 +154,7 @@ class Endpoint:
         import openai
 
         try:
-            listed = [m.id for m in self.client.models.list().data]
+            listed = [m.id for m in self.client.with_options(timeout=min(self.timeout, 10.0)).models.list().data]
         except openai.APIConnectionError as exc:
             raise EndpointError(f"model.base_url={self.base_url}: no server answered ({_reason(exc)}); start it "
                                 "(vllm serve MODEL, ollama serve, transformers serve) or fix model.base_url") from None
@@ -256,3 +258,92 @@ def _reason(exc: BaseException) -> str:
     text = str(getattr(exc, "message", "") or exc).splitlines()[0] if str(exc) else type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
+
+
+# ---- scoring through an endpoint -------------------------------------------------------------------------------
+
+
+class ApproxTokenizer:
+    """Token counts for prompt budgets when the served model's tokenizer is not at hand: ~4 characters a token
+    (English text with BPE vocabularies), no special tokens, no chat template (the server applies its own)."""
+
+    chat_template = None
+    bos_token = None
+    bos_token_id = None
+
+    def __call__(self, texts, add_special_tokens: bool = False):
+        def ids(t: str) -> list[int]:
+            return list(range((len(t) + 3) // 4))
+
+        return {"input_ids": [ids(t) for t in texts] if isinstance(texts, list | tuple) else ids(texts)}
+
+
+class EndpointScorer:
+    """The in-process `Scorer`'s scoring modes through an `Endpoint`, plus free-text generation.
+
+    `pointwise` / `listwise` read the top log-probabilities of the first answer token (requests with
+    `max_tokens=1`, `top_logprobs=20`): the verbalizer is the same as in-process (Yes/No, candidate letters);
+    a label missing from the top 20 gets the lowest log-probability seen minus one (it ranks below every listed
+    one and ties with other missing labels). A server that returns no log-probabilities is an `EndpointError`
+    naming the limitation. `generate` returns the answer texts (the caller parses them).
+    """
+
+    TOP_LOGPROBS = 20
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.stats = {"tokens": 0}
+
+    @staticmethod
+    def _messages(prompt: str) -> list[dict]:
+        return [{"role": "user", "content": prompt}]
+
+    def _first_token_logprobs(self, prompts) -> list[dict[str, float]]:
+        answers = self.endpoint.chat([self._messages(p) for p in prompts], max_tokens=1,
+                                     top_logprobs=self.TOP_LOGPROBS)
+        self._count(answers)
+        out = []
+        for a in answers:
+            if not a.get("logprobs"):
+                raise EndpointError(f"{self.endpoint.base_url} returned no logprobs for model.name="
+                                    f"{self.endpoint.model}: this server does not support logprobs/top_logprobs "
+                                    "(transformers serve and Ollama's OpenAI API do not; vLLM and OpenAI do); use "
+                                    "method.scoring=generate")
+            first: dict[str, float] = {}
+            for token, lp in a["logprobs"][0].items():
+                word = token.replace("Ġ", " ").replace("▁", " ").strip()
+                if word and (word not in first or lp > first[word]):
+                    first[word] = lp
+            out.append(first)
+        return out
+
+    def _count(self, answers: list[dict]) -> None:
+        self.stats["tokens"] += sum(int(a.get("prompt_tokens", 0)) + int(a.get("completion_tokens", 0))
+                                    for a in answers)
+
+    @staticmethod
+    def _label_scores(first: dict[str, float], labels) -> np.ndarray:
+        floor = min(first.values(), default=0.0) - 1.0
+        return np.array([first.get(str(lab), floor) for lab in labels], dtype=np.float64)
+
+    def pointwise(self, prompts, yes: str = "Yes", no: str = "No", prefix: str = " ") -> np.ndarray:
+        """Log-odds log P(yes) - log P(no) of the first answer token (see the class docstring)."""
+        return np.array([float(np.subtract(*self._label_scores(f, (yes, no))))
+                         for f in self._first_token_logprobs(prompts)])
+
+    def listwise(self, prompts, num_candidates, labels=None, prefix: str = " ") -> list[np.ndarray]:
+        """Log-probabilities of the candidates' labels at the first answer token, renormalised over them."""
+        out = []
+        for first, c in zip(self._first_token_logprobs(prompts), num_candidates, strict=True):
+            scores = self._label_scores(first, (labels or [str(k + 1) for k in range(c)])[:c])
+            out.append(scores - np.logaddexp.reduce(scores))
+        return out
+
+    def generate(self, prompts, max_tokens: int) -> list[dict]:
+        answers = self.endpoint.chat([self._messages(p) for p in prompts], max_tokens=int(max_tokens))
+        self._count(answers)
+        return answers
+
+    def likelihood(self, *args, **kwargs):
+        raise EndpointError("method.scoring=likelihood needs the log-probability of whole candidate texts, which "
+                            "chat endpoints do not return; use method.scoring=listwise, pointwise or generate")

@@ -37,6 +37,19 @@ TEMPLATES = {
         "Candidates:\n{candidates}\n"
         "Which candidate will the user {verb} next? Answer with its letter.\nAnswer:"
     ),
+    "generate": (
+        "{demos}A user has {verbed} these {nouns}, most recent last:\n{history}\n"
+        "Candidates:\n{candidates}\n"
+        "Rank all {n} candidates from the one the user will most likely {verb} next to the least likely. "
+        "Answer with the candidates' letters only, best first, separated by commas (for example: C, A, B).\nAnswer:"
+    ),
+    "generate_cot": (
+        "{demos}A user has {verbed} these {nouns}, most recent last:\n{history}\n"
+        "Candidates:\n{candidates}\n"
+        "Rank all {n} candidates from the one the user will most likely {verb} next to the least likely. "
+        "Think step by step about what the user likes, then end with one line 'Answer: ' followed by the "
+        "candidates' letters, best first, separated by commas."
+    ),
     "mim": (
         "{demos}A user has {verbed} these {nouns}, most recent last, one of them hidden:\n{history}\n"
         "Candidates:\n{candidates}\n"
@@ -227,6 +240,11 @@ class PromptBuilder:
 
     def listwise(self, user: int, history: np.ndarray, items) -> str:
         return self.build("listwise", user, history, candidates=self.candidate_block(items))
+
+    def generate(self, user: int, history: np.ndarray, items, cot: bool = False, reserve: int = 1) -> str:
+        """LLMRank's prompt: rank every candidate, answer with letters (COT: reason first, answer last)."""
+        return self.build("generate_cot" if cot else "generate", user, history, reserve=reserve,
+                          candidates=self.candidate_block(items), n=len(items))
 
     def stat_metrics(self, prefix: str = "prompt") -> dict[str, float]:
         """`stats` as run metrics: `prompt/shortened`, `prompt/dropped_tokens`, ..., `prompt/shortened_share`."""

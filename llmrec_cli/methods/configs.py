@@ -28,8 +28,10 @@ class LLMMethodConfig(MethodConfig):
 class ZeroShotConfig(LLMMethodConfig):
     """Quadrant 3: a frozen LLM ranks the shared candidates, zero- or few-shot (LLMRank style)."""
 
-    scoring: str = "listwise"  # pointwise (P(Yes)) | likelihood (title log-prob) | listwise (letter logits)
+    scoring: str = "listwise"  # pointwise (P(Yes)) | likelihood (title log-prob) | listwise (letter logits) | generate
     num_demos: int = 0  # few-shot demonstrations from other users' training data
+    reasoning: str = "none"  # generate: none | cot (think step by step, then the ranking on the last line)
+    max_new_tokens: int | None = None  # generate: answer budget (null: model.max_tokens, or 64 / 512 with cot)
 
 
 @dataclass

@@ -28,10 +28,33 @@ class LLMMethod(Method):
         super().__init__(cfg, ctx)
         self.loaded = None
         self.scorer = None
+        self.endpoint = None  # model=endpoint: llm.endpoint.Endpoint
         self.prefilter = None  # the CRM of candidates=crm_topk
         self.load_dir: Path | None = None  # set by `load`: the checkpoint folder being restored
         self._cost = {"cost/load_seconds": 0.0, "cost/score_seconds": 0.0}
         self._users_scored = 0
+
+    @property
+    def tokenizer(self):
+        """The backbone's tokenizer; for an endpoint, approximate token counts (`llm.endpoint.ApproxTokenizer`)."""
+        if self.loaded is not None:
+            return self.loaded.tokenizer
+        from llmrec_cli.llm.endpoint import ApproxTokenizer
+
+        return ApproxTokenizer()
+
+    def setup_endpoint(self) -> None:
+        """`model=endpoint`: an OpenAI-compatible server instead of in-process weights (llm/endpoint.py)."""
+        from llmrec_cli.llm.endpoint import Endpoint, EndpointScorer
+
+        model_cfg = self.ctx.cfg.model
+        self.endpoint = Endpoint(model_cfg)
+        served = self.endpoint.check()["served"]
+        self.scorer = EndpointScorer(self.endpoint)
+        self.ctx.log_params({"endpoint.base_url": self.endpoint.base_url, "endpoint.model": self.endpoint.model,
+                             "endpoint.served": ",".join(served[:5]), "endpoint.temperature": model_cfg.temperature,
+                             "endpoint.seed": model_cfg.seed, "endpoint.cache": str(self.endpoint.cache.path),
+                             "endpoint.cached_answers_at_start": len(self.endpoint.cache)})
 
     def setup_llm(self) -> None:
         import torch
@@ -41,6 +64,11 @@ class LLMMethod(Method):
 
         t0 = time.perf_counter()
         model_cfg = self.ctx.cfg.model
+        if model_cfg.get("kind") == "endpoint":
+            self.setup_endpoint()
+            self._cost["cost/load_seconds"] = time.perf_counter() - t0
+            self.setup_candidates()
+            return
         self.loaded = load_backbone(model_cfg, self.ctx.device)
         self._cost["cost/load_seconds"] = time.perf_counter() - t0
         self.ctx.log_params({f"llm.{k}": v for k, v in describe(self.loaded).items()})
@@ -138,6 +166,12 @@ class LLMMethod(Method):
         if self.scorer is not None:
             for key in ("truncated_prompts", "truncated_tokens"):
                 out[f"prompt/scorer_{key}"] = float(self.scorer.stats.get(key, 0))
+        if self.endpoint is not None:
+            model_cfg = self.ctx.cfg.model
+            out.update(self.endpoint.stats.metrics(model_cfg.get("price_per_1m_input"),
+                                                   model_cfg.get("price_per_1m_output")))
+            for key in ("truncated_prompts", "truncated_tokens"):
+                out.pop(f"prompt/scorer_{key}", None)
         return out
 
 

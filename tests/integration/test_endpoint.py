@@ -121,3 +121,60 @@ def test_a_torn_cache_line_is_asked_again_and_whole_lines_stay(tmp_path):
     lines = (tmp_path / "c.jsonl").read_text().splitlines()
     assert json.loads(lines[-1]) == {"key": "b", "answer": {"text": "B"}}
     assert ResponseCache(tmp_path / "c.jsonl").get("b") == {"text": "B"}
+
+
+# ---- whole runs through the served model ----------------------------------------------------------------------
+
+def run_config(server, tmp_path, *over):
+    from llmrec_cli.config.compose import compose_run
+
+    base_url, name = server
+    return compose_run(["quadrant=3", "model=endpoint", f"model.base_url={base_url}", f"model.name={name}",
+                        "dataset=synthetic", "eval.max_users=6",
+                        "eval.protocols=[sampled]", "eval.num_negatives=4", "trainer.device=cpu",
+                        "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+                        f"output_dir={tmp_path}/out", *over])
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_generate_through_the_endpoint_logs_validity_and_a_rerun_is_free_and_identical(server, isolated_cache):
+    import mlflow
+
+    from llmrec_cli.pipelines.train import run_train
+
+    tmp_path = isolated_cache
+    cfg = run_config(server, tmp_path, "method.scoring=generate", "method.max_new_tokens=8")
+    first = run_train(cfg)
+    m = first.metrics
+    assert 0.0 <= m["test/sampled/ndcg_10"] <= 1.0
+    assert m["endpoint/requests"] > 0 and m["endpoint/cache_hit_rate"] == 0.0 and m["endpoint/prompt_tokens"] > 0
+    for key in ("valid_answer_rate", "duplicate_rate", "out_of_candidates_rate", "mean_candidates_ranked"):
+        assert 0.0 <= m[f"answers/{key}"], key
+    run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(first.run_id)
+    assert run.data.params["endpoint.model"] == server[1] and run.info.status == "FINISHED"
+    second = run_train(run_config(server, tmp_path, "method.scoring=generate", "method.max_new_tokens=8",
+                                  "run_name=again"))
+    assert second.metrics["endpoint/requests"] == 0 and second.metrics["endpoint/cache_hit_rate"] == 1.0
+    for key, value in m.items():
+        if key.startswith(("test/", "valid/", "answers/")):
+            assert second.metrics[key] == value, key
+
+
+def test_a_logprob_mode_on_a_server_without_logprobs_names_the_limitation(server, isolated_cache):
+    from llmrec_cli.pipelines.train import run_train
+
+    with pytest.raises(EndpointError, match="returned no logprobs .* use method.scoring=generate"):
+        run_train(run_config(server, isolated_cache, "method.scoring=listwise"))
+
+
+def test_endpoint_is_only_for_methods_that_need_text_in_and_out():
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model=endpoint serves only method=zero_shot"):
+        compose_run(["method=llm_encoder", "model=endpoint", "model.name=m"])

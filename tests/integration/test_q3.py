@@ -109,3 +109,26 @@ def test_crm_from_run_auto_reuses_the_seeds_baseline_crm_or_trains_one(work):
     tags = client.get_run(reused.run_id).data.tags
     assert tags["crm_from_run"] == base.run_id and tags["crm_from_run_auto"] == base.run_id
     assert reused.metrics["test/full/hr_20"] == pytest.approx(base.metrics["test/full/hr_20"])
+
+
+def test_generate_parses_the_in_process_models_answers_and_logs_their_validity(work):
+    path, uri = work
+    cfg = compose_run(["quadrant=3", "method.scoring=generate", "method.max_new_tokens=6", "model=tiny-llama",
+                       "eval.protocols=[sampled]", *QUICK, f"tracking.uri={uri}"])
+    summary = run_train(cfg)
+    m = summary.metrics
+    assert 0.0 <= m["test/sampled/ndcg_10"] <= 1.0 and m["answers/count"] > 0
+    assert 0.0 <= m["answers/valid_answer_rate"] <= 1.0
+    listed = {a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(summary.run_id, "answers")}
+    assert "answers/samples.jsonl" in listed
+
+
+def test_chain_of_thought_needs_generate():
+    from pathlib import Path
+
+    from llmrec_cli.methods.base import RunContext
+    from llmrec_cli.methods.q3_zero_shot import ZeroShot
+
+    cfg = compose_run(["quadrant=3", "method.reasoning=cot", "model=tiny-llama", *QUICK])
+    with pytest.raises(ConfigError, match="method.reasoning=cot needs method.scoring=generate"):
+        ZeroShot(cfg.method, RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path("."))).setup(None)
