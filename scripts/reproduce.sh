@@ -21,7 +21,7 @@ beauty_a() {
 beauty_b() {
   $llmrec sweep experiment=p5-beauty crm=bpr trainer.max_epochs=60 trainer.patience=5 "${common[@]}"
   $llmrec sweep experiment=p5-beauty crm=sasrec crm.loss=bce crm.max_len=50 trainer.max_epochs=40 trainer.patience=5 "${common[@]}"
-  $llmrec sweep experiment=p5-beauty crm=bert4rec trainer.max_epochs=15 "${common[@]}"
+  $llmrec sweep experiment=p5-beauty crm=bert4rec trainer.max_epochs=10 "${common[@]}"
   $llmrec sweep experiment=p5-beauty crm=lightgcn crm.batch_size=8192 crm.lr=0.005 trainer.max_epochs=15 trainer.patience=5 "${common[@]}"
 }
 ml100k=(trainer.max_epochs=30 trainer.patience=5)
