@@ -178,3 +178,39 @@ def test_endpoint_is_only_for_methods_that_need_text_in_and_out():
 
     with pytest.raises(ConfigError, match="model=endpoint serves only method=zero_shot"):
         compose_run(["method=llm_encoder", "model=endpoint", "model.name=m"])
+
+
+def test_a_killed_run_resumes_from_the_cache(server, isolated_cache):
+    """SIGKILL a `llmrec train` mid-scoring; the rerun asks only what the killed run had not cached."""
+    import os
+    import signal
+
+    from llmrec_cli.pipelines.train import run_train
+
+    tmp_path = isolated_cache
+    base_url, name = server
+    over = ["method.scoring=generate", "method.max_new_tokens=8", "model.max_concurrency=1", "eval.max_users=40"]
+    cmd = [sys.executable, "-m", "llmrec_cli", "train", "quadrant=3", "model=endpoint", f"model.base_url={base_url}",
+           f"model.name={name}", "dataset=synthetic", "eval.protocols=[sampled]", "eval.num_negatives=4",
+           "trainer.device=cpu", "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+           f"output_dir={tmp_path}/out", *over]
+    proc = subprocess.Popen(cmd, env={**os.environ, "LLMREC_CACHE_DIR": str(tmp_path / "cache")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    cached = 0
+    while time.time() < deadline and proc.poll() is None:
+        files = list((tmp_path / "cache" / "endpoint").glob("*.jsonl"))
+        cached = sum(1 for _ in open(files[0])) if files else 0
+        if cached >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    files = list((tmp_path / "cache" / "endpoint").glob("*.jsonl"))
+    kept = len(ResponseCache(files[0]))
+    assert kept >= 5
+    cfg = run_config(server, tmp_path, *over)
+    resumed = run_train(cfg).metrics
+    total = resumed["endpoint/requests"] + resumed["endpoint/cache_hits"]
+    assert resumed["endpoint/cache_hits"] == kept and resumed["endpoint/requests"] == total - kept
