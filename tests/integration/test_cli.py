@@ -149,3 +149,18 @@ def test_data_info_and_ls_and_config(work):
         assert name in p.stdout
     p = llmrec("config", "crm=bpr", "crm.dim=8", cwd=path)
     assert "dim: 8" in p.stdout
+
+
+def test_report_reproduction_writes_the_page_from_the_store(work):
+    path, uri = work
+    for seed in (0, 1):
+        llmrec("train", "quadrant=baseline", "crm=pop", *QUICK, f"seed={seed}", cwd=path)
+    llmrec("train", "quadrant=baseline", "crm=pop", *QUICK, "protocol=p5", cwd=path)
+    out = path / "docs" / "reproduction.md"
+    p = llmrec("report", "reproduction", "--out", str(out), "--unified-dataset", "synthetic", cwd=path)
+    assert f"wrote {out}" in p.stderr
+    text = out.read_text()
+    assert "| synthetic | Pop |" in text and "(2) | 0,1 |" in text  # two unified seeds; the p5 run is not in it
+    assert "TIGER (Rajput et al., NeurIPS 2023), Table 1" in text and "not run" in text
+    bad = llmrec("report", "reproduction", "--tracking-uri", f"sqlite:///{path}/none.db", cwd=path, check=False)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
