@@ -132,7 +132,9 @@ def render(entries: list[Entry], unified: pd.DataFrame | None, uri: str, dataset
         "half-width over seeds (number of seeds in brackets), on the test split, selected on the valid split "
         "only; \"diff\" is llmrec minus published. A row's runs share one protocol (`protocol_hash`) and one CRM "
         "configuration (`crm_config_hash`). \"best epoch\" is the mean epoch early stopping kept, with the cap the "
-        "runs had (2-core CPU budgets: see `scripts/reproduce.sh`).",
+        "runs had (2-core CPU budgets: see `scripts/reproduce.sh`). Split: leave-one-out by time (order, for "
+        "user_sequence files) on every dataset here; candidates: the whole catalogue minus the user's history "
+        "(full), or the target among 20 shared ones (sampled).",
         "",
         "| paper | dataset · protocol | model | metric | published | llmrec | diff | seeds | best epoch | source |",
         "|---|---|---|---|---:|---:|---:|---|---|---|",
@@ -141,6 +143,8 @@ def render(entries: list[Entry], unified: pd.DataFrame | None, uri: str, dataset
     for entry in entries:
         runs = entry.runs if entry.runs is not None else pd.DataFrame()
         where = f"{entry.match.get('dataset', '?')} · {entry.match.get('protocol_preset', 'unified')}"
+        if len(runs) and "tags.n_eval_users" in runs:
+            where += f" · {runs['tags.n_eval_users'].iloc[0]} test users"
         for i, (metric, published) in enumerate(entry.metrics.items()):
             col = f"metrics.test/{metric}"
             values = runs[col].dropna().tolist() if col in runs else []
@@ -163,12 +167,13 @@ def render(entries: list[Entry], unified: pd.DataFrame | None, uri: str, dataset
                   "No paper publishes these (the unified protocol is llmrec's own); they are what every quadrant "
                   "is compared against in the README's four-quadrant table. full = all unseen items ranked; "
                   "sampled = the target among 20 shared candidates.", "",
-                  "| dataset | model | full/ndcg_10 | full/hr_10 | sampled/ndcg_10 | seeds | best epoch |",
-                  "|---|---|---:|---:|---:|---|---|"]
+                  "| dataset | model | full/ndcg_10 | full/hr_10 | sampled/ndcg_10 | test users | seeds | best epoch |",
+                  "|---|---|---:|---:|---:|---:|---|---|"]
         for (dataset, model), runs in unified.groupby(["tags.dataset", "model"], sort=False):
             cells = [_cell(runs[f"metrics.test/{m}"].dropna().tolist() if f"metrics.test/{m}" in runs else [])[0]
                      for m in ("full/ndcg_10", "full/hr_10", "sampled/ndcg_10")]
-            lines.append(f"| {dataset} | {model} | {' | '.join(cells)} | {_seeds(runs)} | {_epochs(runs)} |")
+            users = runs["tags.n_eval_users"].iloc[0] if "tags.n_eval_users" in runs else "?"
+            lines.append(f"| {dataset} | {model} | {' | '.join(cells)} | {users} | {_seeds(runs)} | {_epochs(runs)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,7 +66,7 @@ def test_the_unified_table_lists_baselines_in_model_order():
     table = rep.unified_baselines(df, ["ml-100k"])
     assert table["model"].tolist() == ["Pop", "SASRec"]
     text = rep.render([], table, "u", ["ml-100k"])
-    assert "| ml-100k | Pop | 0.0100 (1) |" in text
+    assert "| ml-100k | Pop | 0.0100 (1) | 0.0200 (1) |" in text
 
 
 def test_a_bad_published_file_is_one_clear_error(tmp_path):
