@@ -258,6 +258,9 @@ def model_problem(method, model) -> str | None:
     if model.name == "none":
         return f"method={method.name} needs an LLM: pick model= (see `llmrec ls`), e.g. model=tiny-llama"
     if model.get("kind") == "endpoint":
+        if model.name in ("endpoint", "none"):
+            return ("model=endpoint needs model.name=<the served model, as the server's /v1/models lists it>, "
+                    "e.g. model.name=Qwen/Qwen2.5-7B-Instruct")
         if method.name not in ENDPOINT_METHODS:
             return (f"model=endpoint serves only method={' | '.join(ENDPOINT_METHODS)} (an API returns text and "
                     f"token log-probabilities, not weights to tune or hidden states), not method={method.name}")

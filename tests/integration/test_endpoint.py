@@ -214,3 +214,11 @@ def test_a_killed_run_resumes_from_the_cache(server, isolated_cache):
     resumed = run_train(cfg).metrics
     total = resumed["endpoint/requests"] + resumed["endpoint/cache_hits"]
     assert resumed["endpoint/cache_hits"] == kept and resumed["endpoint/requests"] == total - kept
+
+
+def test_endpoint_without_a_model_name_says_to_set_it():
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model=endpoint needs model.name="):
+        compose_run(["quadrant=3", "model=endpoint"])
