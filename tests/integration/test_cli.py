@@ -160,7 +160,7 @@ def test_report_reproduction_writes_the_page_from_the_store(work):
     p = llmrec("report", "reproduction", "--out", str(out), "--unified-dataset", "synthetic", cwd=path)
     assert f"wrote {out}" in p.stderr
     text = out.read_text()
-    assert "| synthetic | Pop |" in text and "(2) | 0,1 |" in text  # two unified seeds; the p5 run is not in it
+    assert "| synthetic | Pop |" in text and "(2) | 200 | 0,1 |" in text  # two unified seeds; the p5 run is not in it
     assert "TIGER (Rajput et al., NeurIPS 2023), Table 1" in text and "not run" in text
     bad = llmrec("report", "reproduction", "--tracking-uri", f"sqlite:///{path}/none.db", cwd=path, check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
