@@ -112,6 +112,14 @@ def sample_unseen(users: np.ndarray, seen: set[int], n_items: int, rng: np.rando
     return neg
 
 
+def dot_scores(users_vecs: torch.Tensor, table: torch.Tensor, items: np.ndarray | None) -> torch.Tensor:
+    """<user, item> scores: [n, n_items + 1] over TABLE, or [n, c] for candidate ITEMS [n, c]."""
+    if items is None:
+        return users_vecs @ table.T
+    it = torch.nn.functional.embedding(torch.as_tensor(items, dtype=torch.long, device=table.device), table)
+    return torch.einsum("nd,ncd->nc", users_vecs, it)
+
+
 def gather_or_all(scores_all: torch.Tensor, items: np.ndarray | None) -> torch.Tensor:
     if items is None:
         return scores_all

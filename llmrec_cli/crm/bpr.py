@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec_cli.crm.base import CRM, sample_unseen
+from llmrec_cli.crm.base import CRM, dot_scores, sample_unseen
 from llmrec_cli.crm.configs import BPRConfig
 from llmrec_cli.registry import register_crm
 
@@ -70,8 +70,4 @@ class BPR(CRM):
     @torch.no_grad()
     def score(self, users, histories, items):
         ue = self.user_embeddings(users, histories)
-        table = self.item_table()
-        if items is None:
-            return ue @ table.T
-        it = F.embedding(torch.as_tensor(items, dtype=torch.long, device=self.device), table)
-        return torch.einsum("nd,ncd->nc", ue, it)
+        return dot_scores(ue, self.item_table(), items)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmrec_cli.crm.base import CRM, sample_unseen
+from llmrec_cli.crm.base import CRM, dot_scores, sample_unseen
 from llmrec_cli.crm.configs import LightGCNConfig
 from llmrec_cli.registry import register_crm
 
@@ -112,8 +112,4 @@ class LightGCN(CRM):
     @torch.no_grad()
     def score(self, users, histories, items):
         ue = self.user_embeddings(users, histories)
-        table = self.item_embeddings()
-        if items is None:
-            return ue @ table.T
-        it = F.embedding(torch.as_tensor(items, dtype=torch.long, device=self.device), table)
-        return torch.einsum("nd,ncd->nc", ue, it)
+        return dot_scores(ue, self.item_embeddings(), items)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmrec_cli.crm.base import CRM
+from llmrec_cli.crm.base import CRM, dot_scores
 
 LOSSES = ("ce", "bce")
 
@@ -132,8 +132,4 @@ class SequentialCRM(CRM):
     @torch.no_grad()
     def score(self, users, histories, items):
         h = self.user_embeddings(users, histories)
-        table = self.item_table()
-        if items is None:
-            return h @ table.T
-        it = F.embedding(torch.as_tensor(items, dtype=torch.long, device=self.device), table)
-        return torch.einsum("nd,ncd->nc", h, it)
+        return dot_scores(h, self.item_table(), items)
