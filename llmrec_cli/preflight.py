@@ -38,6 +38,8 @@ def check_run(cfg) -> None:
     check_writable("LLMREC_CACHE_DIR (the cache folder)", cache_dir())
     if cfg.method.get("needs_llm", False) and cfg.model.name != "none":
         check_model(cfg.model)
+    if cfg.method.get("encoder_model") is not None:  # llm_augment's method.encoder
+        check_model(cfg.method.encoder_model)
     check_data(cfg.dataset, needs_text=bool(cfg.method.get("needs_llm", False)))
     import logging
 

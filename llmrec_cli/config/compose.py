@@ -146,10 +146,32 @@ def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             extra.append(f"quadrant={cfg.method.quadrant}")
         if extra or first is not overrides:
             cfg = _compose(overrides + [_quote_numeric_choice(o) for o in extra])
+        _resolve_encoder(cfg)
     _protocol_candidates(cfg)
     validate(cfg)
     resolve_epochs(cfg)
     return cfg
+
+
+def _resolve_encoder(cfg: DictConfig) -> None:
+    """`method.encoder=<conf/model option>` (llm_augment: the model that embeds the generated profiles) becomes
+    the resolved model node `method.encoder_model`, so the run's config records every field of it; with
+    model=endpoint the default encoder is minilm (an API returns text, not hidden states)."""
+    if "encoder" not in cfg.method:
+        return
+    name = cfg.method.encoder
+    if name is None and cfg.model.get("kind") == "endpoint":
+        name = cfg.method.encoder = "minilm"
+    if name is None:
+        return
+    options = group_options("model")
+    if name not in options:
+        raise ConfigError(f"method.encoder={name} is not a model option; available: {', '.join(options)}")
+    node = _compose([f"model={name}"]).model
+    if node.get("kind") == "endpoint":
+        raise ConfigError(f"method.encoder={name}: the profiles are embedded in-process, so the encoder needs "
+                          "weights, not an endpoint; use e.g. method.encoder=minilm")
+    cfg.method.encoder_model = node
 
 
 def _protocol_candidates(cfg: DictConfig) -> None:
@@ -247,7 +269,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 #: Methods that can run on `model=endpoint`.
-ENDPOINT_METHODS = ("zero_shot",)
+ENDPOINT_METHODS = ("zero_shot", "llm_augment")
 
 
 def model_problem(method, model) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmrec_cli.config.schema import MethodConfig
 
@@ -101,8 +102,13 @@ class LLMAugmentConfig(LLMMethodConfig):
     fuse_id: bool = True
     adapter: str = "linear"
     whiten: bool = False  # as in llm_encoder
-    batch_size: int = 16  # prompts per generate() call
+    batch_size: int = 16  # prompts per generate() call (per wave of requests with model=endpoint)
     log_samples: int = 20  # generations written to the run's `augment/samples.txt`
+    # the model that embeds the profiles: a conf/model option (minilm, smollm2, ...); null: the generating model
+    # itself, or minilm when that is model=endpoint (an API returns text, not hidden states), as KAR encodes
+    # ChatGPT's knowledge with a separate encoder
+    encoder: str | None = None
+    encoder_model: Any = None  # filled in by composition: the resolved conf/model/<encoder>.yaml (read-only)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from llmrec_cli.methods.configs import LLMEncoderConfig
 from llmrec_cli.methods.llm_base import LLMMethod
 from llmrec_cli.methods.q3_embedding import cached_text_embeddings
 from llmrec_cli.registry import register_method
+from llmrec_cli.utils.runtime import seed_everything
 from llmrec_cli.utils.io import atomic_path
 
 CHECKPOINT = "q2_crm.pt"
@@ -165,7 +166,7 @@ class LLMEncoder(LLMMethod):
 
     # ---- LLM side ----------------------------------------------------------------------------------------
     def ensure_llm(self) -> None:
-        if self.loaded is None:
+        if self.loaded is None and self.endpoint is None:
             self.setup_llm()
 
     def release_llm(self) -> None:
@@ -179,14 +180,23 @@ class LLMEncoder(LLMMethod):
         if self.ctx.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
+    def embedding_model(self):
+        """The model config whose hidden states embed the texts (its fields key the embedding cache)."""
+        return self.ctx.cfg.model
+
+    def embedding_scorer(self):
+        """The scorer whose `embed` turns texts into vectors: the backbone's, loaded on first use."""
+        self.ensure_llm()
+        return self.scorer
+
     def embed_texts(self, texts: list[str], what: str = "item") -> np.ndarray:
-        """Cached embeddings [len(texts), d] of TEXTS (row 0 padding); the LLM is loaded only on a miss."""
-        model_cfg = self.ctx.cfg.model
+        """Cached embeddings [len(texts), d] of TEXTS (row 0 padding); the model is loaded only on a miss."""
+        model_cfg = self.embedding_model()
 
         def compute(todo: list[str]) -> np.ndarray:
-            self.ensure_llm()
+            scorer = self.embedding_scorer()
             t0 = time.perf_counter()
-            out = self.scorer.embed(todo, pooling=str(model_cfg.pooling))
+            out = scorer.embed(todo, pooling=str(model_cfg.pooling))
             self._cost["cost/embed_seconds"] += time.perf_counter() - t0
             return out
 
@@ -257,6 +267,9 @@ class LLMEncoder(LLMMethod):
         items = self.item_profiles(data)
         users = self.user_profiles(data)
         self.release_llm()
+        # The CRM starts from the run seed whatever came before: loading (or, on a cache hit, not loading) the
+        # text model must not move the random state its initialisation and batches draw from.
+        seed_everything(self.ctx.seed)
         self.crm = self.build(data, items, users)
         self.ctx.log_params({f"{self.prefix}.mode": str(self.cfg.mode),
                              f"{self.prefix}.crm_parameters": sum(p.numel() for p in self.crm.parameters())})

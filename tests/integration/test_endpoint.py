@@ -222,3 +222,35 @@ def test_endpoint_without_a_model_name_says_to_set_it():
 
     with pytest.raises(ConfigError, match="model=endpoint needs model.name="):
         compose_run(["quadrant=3", "model=endpoint"])
+
+
+def test_llm_augment_generates_its_profiles_through_the_endpoint(server, isolated_cache):
+    """Quadrant 2 on an endpoint: every item profile is one request, encoded by `method.encoder` in-process; a
+    rerun asks nothing."""
+    import mlflow
+
+    from llmrec_cli.config.compose import compose_run
+    from llmrec_cli.pipelines.train import run_train
+
+    tmp_path = isolated_cache
+    base_url, name = server
+    over = ["method=llm_augment", "model=endpoint", f"model.base_url={base_url}", f"model.name={name}",
+            "method.encoder=tiny-llama", "method.max_new_tokens=6", "method.log_samples=2", "crm=bpr",
+            "dataset=synthetic", "eval.max_users=6", "eval.protocols=[sampled]", "trainer.max_epochs=1",
+            "trainer.device=cpu", "trainer.progress=false", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+            f"output_dir={tmp_path}/out"]
+    cfg = compose_run(over)
+    assert cfg.method.encoder_model.name == "tiny-llama" and cfg.quadrant.id == "2"
+    first = run_train(cfg)
+    run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(first.run_id)
+    n_items = int(run.data.tags["n_items"])
+    m = first.metrics
+    assert run.info.status == "FINISHED" and run.data.params["endpoint.model"] == name
+    assert m["endpoint/requests"] == n_items and m["cost/generated_prompts"] == n_items
+    assert m["cost/generated_tokens"] > 0 and 0.0 <= m["test/sampled/ndcg_10"] <= 1.0
+    assert run.data.params["encoder.backbone"] == "tiny-llama"
+    samples = mlflow.artifacts.load_text(f"runs:/{first.run_id}/augment/samples.txt")
+    assert samples.count("### item:") == 2
+    again = run_train(compose_run([*over, "run_name=again"])).metrics
+    assert again["endpoint/requests"] == 0 and again["cost/generation_cache_hits"] == n_items
+    assert again["test/sampled/ndcg_10"] == m["test/sampled/ndcg_10"]

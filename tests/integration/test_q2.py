@@ -71,6 +71,8 @@ def test_llm_augment_generates_profiles_and_feeds_the_crm(work):
                                    *SHORT["sasrec"], *QUICK, f"tracking.uri={uri}"]))
     assert again.metrics["cost/generated_prompts"] == 0
     assert again.metrics["cost/generation_cache_hits"] == n_users + n_items
+    for key in REPRODUCED:  # cached profiles and embeddings (no model loaded) train the same CRM
+        assert again.metrics[key] == m[key], key
 
 
 def test_llm_encoder_warm_starts_from_a_crm_run(work):
