@@ -4,64 +4,29 @@ response cache (rerun = no requests; a torn line from a kill is asked again)."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from llmrec_cli.llm.endpoint import Endpoint, EndpointError, ResponseCache
-
-SERVE = shutil.which("transformers", path=str(Path(sys.executable).parent))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving import transformers_serve
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base_url, model name): `transformers serve` with the tiny random Llama, stopped after the module."""
-    if SERVE is None:
-        pytest.skip("the `transformers` command is not installed")
     from llmrec_cli.llm.tiny import tiny_bos_tokenizer, tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny-served")
     model, _ = tiny_llama()
     model.save_pretrained(folder)
     tiny_bos_tokenizer().save_pretrained(folder)
-    port = free_port()
-    log = open(folder / "serve.log", "w")
-    proc = subprocess.Popen([SERVE, "serve", "--host", "127.0.0.1", "--port", str(port), str(folder)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"transformers serve did not start: {(folder / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"{url}/v1", str(folder)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with transformers_serve(folder, folder / "serve.log") as base_url:
+        yield base_url, str(folder)
 
 
 def endpoint(base_url, name, tmp_path, **over):
