@@ -1,6 +1,8 @@
 """Quadrant 3 on synthetic data with the tiny random Llama: every scoring mode runs end to end, in-process."""
 from __future__ import annotations
 
+import tempfile
+
 import mlflow
 import pytest
 
@@ -131,4 +133,4 @@ def test_chain_of_thought_needs_generate():
 
     cfg = compose_run(["quadrant=3", "method.reasoning=cot", "model=tiny-llama", *QUICK])
     with pytest.raises(ConfigError, match="method.reasoning=cot needs method.scoring=generate"):
-        ZeroShot(cfg.method, RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path("."))).setup(None)
+        ZeroShot(cfg.method, RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path(tempfile.mkdtemp(prefix="llmrec-test-")))).setup(None)

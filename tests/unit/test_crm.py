@@ -1,6 +1,7 @@
 """CRM baselines on synthetic data: they learn, restore the best epoch, and work as components."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def train(setup, crm_name, **over):
                        *(["crm.max_len=50"] if crm_name == "sasrec" else []),
                        *[f"{k}={v}" for k, v in over.items()]])
     logged = []
-    ctx = RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path("."), progress=False,
+    ctx = RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path(tempfile.mkdtemp(prefix="llmrec-test-")), progress=False,
                      log_metrics=lambda m, step: logged.append((step, m)),
                      validate=lambda m: evaluator.evaluate(m, splits=["valid"], protocols=["full"]).metrics)
     method = registry.METHODS["baseline"].obj(cfg.method, ctx)

@@ -2,6 +2,7 @@
 generation caches, batched generation, and user profiles built from training items only."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def make(name: str, overrides=(), params: list | None = None):
     """(method, data) with a hand-made context (no MLflow); logged params go to PARAMS."""
     registry.load_all()
     cfg = compose_run([f"method={name}", *QUICK, *overrides])
-    ctx = RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path("."), progress=False,
+    ctx = RunContext(cfg=cfg, seed=0, device="cpu", output_dir=Path(tempfile.mkdtemp(prefix="llmrec-test-")), progress=False,
                      log_params=(params.append if params is not None else lambda p: None))
     method = registry.METHODS[name].obj(cfg.method, ctx)
     data = load_prepared(cfg.dataset)
