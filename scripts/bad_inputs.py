@@ -3,6 +3,7 @@ table of the exit code, seconds to the error, the line printed and what was left
 under output_dir).
 
     python scripts/bad_inputs.py            # needs $LLMREC_DATA_DIR (default ../shared/data) for the ML-100K cases
+    python scripts/bad_inputs.py --endpoint http://127.0.0.1:8000/v1   # adds "unknown model" on a live server
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def cases(work: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+def cases(work: Path, endpoint: str | None = None) -> list[tuple[str, list[str], dict[str, str]]]:
     empty = work / "empty-data"
     empty.mkdir()
     partial = work / "partial" / "ml-100k"
@@ -56,10 +57,25 @@ def cases(work: Path) -> list[tuple[str, list[str], dict[str, str]]]:
         ("hub id with HF_HUB_OFFLINE=1", ["train", *hub, "model.name_or_path=Qwen/Qwen2.5-7B-Instruct"],
          {"HF_HUB_OFFLINE": "1"}),
         ("resume=true of a FINISHED run", ["train", "crm=pop", "resume=true"], {}),
+        ("endpoint without model.name", ["train", "quadrant=3", "model=endpoint"], {}),
+        ("endpoint URL unreachable", ["train", "quadrant=3", "model=endpoint", "model.name=m",
+                                      f"model.base_url=http://127.0.0.1:{_closed_port()}/v1"], {}),
+        ("endpoint API key variable unset", ["train", "quadrant=3", "model=endpoint", "model.name=gpt-4o-mini",
+                                             "model.base_url=https://api.openai.com/v1",
+                                             "model.api_key_env=LLMREC_NO_SUCH_KEY"], {}),
+        ("endpoint for a method that needs weights", ["train", "method=llm_encoder", "model=endpoint",
+                                                      "model.name=m"], {}),
+        *([("endpoint model unknown", ["train", "quadrant=3", "model=endpoint", "model.name=no/such-model",
+                                       f"model.base_url={endpoint}"], {})] if endpoint else []),
     ]
 
 
 def main() -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--endpoint", help="a live OpenAI-compatible /v1 URL, for the unknown-model case")
+    args = ap.parse_args()
     data = Path(os.environ.get("LLMREC_DATA_DIR", ROOT / ".." / "shared" / "data")).resolve()
     exe = [sys.executable, "-m", "llmrec_cli"]
     rows = []
@@ -67,14 +83,14 @@ def main() -> int:
         work = Path(tmp)
         base = {**os.environ, "LLMREC_DATA_DIR": str(data), "LLMREC_CACHE_DIR": str(work / "cache"),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "LLMREC_NO_PROGRESS": "1"}
-        for name, args, env in cases(work):
-            if "resume=true" in args:  # a FINISHED run to refuse
+        for name, argv, env in cases(work, args.endpoint):
+            if "resume=true" in argv:  # a FINISHED run to refuse
                 subprocess.run([*exe, "train", "crm=pop"], env=base, cwd=work, capture_output=True, check=True)
             before = _run_count(base["MLFLOW_TRACKING_URI"])
             out = work / "outputs"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            p = subprocess.run([*exe, *args], env={**base, **env}, cwd=work, capture_output=True, text=True)
+            p = subprocess.run([*exe, *argv], env={**base, **env}, cwd=work, capture_output=True, text=True)
             seconds = time.perf_counter() - t0
             lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
             new_runs = _run_count(base["MLFLOW_TRACKING_URI"]) - before

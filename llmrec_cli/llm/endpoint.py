@@ -255,7 +255,7 @@ def _top_logprobs(choice) -> list[dict[str, float]] | None:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(getattr(exc, "message", "") or exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     return f"{text}: {cause}" if cause is not None and str(cause) not in text else text
 
