@@ -191,11 +191,14 @@ def config_(ctx: typer.Context) -> None:
 
 
 @app.command()
-def validate() -> None:
+def validate(
+    full: bool = typer.Option(False, "--all", help="Every method x CRM x model triple (slower), not only every "
+                                                   "pair of them."),
+) -> None:
     """Compose every registered combination and report all errors at once."""
     from llmrec_cli.config.validate import validate_all
 
-    errors, count = validate_all()
+    errors, count = validate_all(full)
     for err in errors:
         typer.echo(f"error: {err}", err=True)
     typer.echo(f"validated {count} compositions: {len(errors)} error(s)")

@@ -52,8 +52,12 @@ def _with_schema(group: str, name: str, schema):
     return OmegaConf.merge(OmegaConf.structured(schema), raw)
 
 
-def combinations() -> list[list[str]]:
-    """Every method (with its quadrant) x CRM x usable model, and every other group option with the defaults."""
+def combinations(full: bool = False) -> list[list[str]]:
+    """Method (with its quadrant) x CRM x usable model, and every other group option with the defaults.
+
+    `full`: every valid (method, CRM, model) triple. Otherwise every valid pair: each (method, CRM) with the
+    first model that fits the method and each (method, model) with the first CRM that fits, which covers every
+    two-group interaction in about a third of the compositions."""
     from llmrec_cli.config.compose import model_problem
     from llmrec_cli.config.schema import MethodConfig, ModelConfig
     from llmrec_cli.methods.configs import SCHEMAS
@@ -62,11 +66,15 @@ def combinations() -> list[list[str]]:
     models = {name: _with_schema("model", name, ModelConfig) for name in group_options("model")}
     for method in group_options("method"):
         method_cfg = _with_schema("method", method, SCHEMAS.get(method, MethodConfig))
-        for crm in group_options("crm"):
-            for model, model_cfg in models.items():
-                if model_problem(method_cfg, model_cfg) or (method_cfg.get("needs_crm") and crm == "pop"):
-                    continue  # not a valid combination (an LLM method without an LLM, a CRM component without embeddings)
-                combos.append([f"method={method}", f"crm={crm}", f"model={model}"])
+        valid = [(crm, model) for crm in group_options("crm") for model, model_cfg in models.items()
+                 if not model_problem(method_cfg, model_cfg) and not (method_cfg.get("needs_crm") and crm == "pop")]
+        if not full:  # an LLM method without an LLM, a CRM component without embeddings: not combinations
+            firsts = {}
+            for crm, model in valid:
+                firsts.setdefault(("crm", crm), (crm, model))
+                firsts.setdefault(("model", model), (crm, model))
+            valid = list(dict.fromkeys(firsts.values()))
+        combos.extend([f"method={method}", f"crm={crm}", f"model={model}"] for crm, model in valid)
     for quadrant in group_options("quadrant"):
         default = OmegaConf.load(conf_dir() / "quadrant" / f"{quadrant}.yaml").default_method
         method_cfg = _with_schema("method", default, SCHEMAS.get(default, MethodConfig))
@@ -80,12 +88,13 @@ def combinations() -> list[list[str]]:
     return combos
 
 
-def validate_all() -> tuple[list[str], int]:
-    """Compose every combination; also check each YAML names a registered implementation."""
+def validate_all(full: bool = False) -> tuple[list[str], int]:
+    """Compose every combination (`full`: every method x CRM x model triple, else every pair; see
+    `combinations`); also check each YAML names a registered implementation."""
     from llmrec_cli import registry
 
     errors: list[str] = []
-    combos = combinations()
+    combos = combinations(full)
     for overrides in combos:
         try:
             compose_run(overrides)

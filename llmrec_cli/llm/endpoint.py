@@ -92,6 +92,16 @@ class EndpointStats:
     latencies: list[float] = field(default_factory=list)
     served_models: set[str] = field(default_factory=set)
     fingerprints: set[str] = field(default_factory=set)
+    dates: set[str] = field(default_factory=set)  # when the answers used by the run were produced (UTC)
+
+    def provenance(self) -> dict[str, str]:
+        """Tags: the model names the server put in its answers, any version (`system_fingerprint`) it reported,
+        and the span of the answers' dates (a cached answer keeps the date it was produced)."""
+        out = {"endpoint.served_model": ",".join(sorted(self.served_models)) or "unknown",
+               "endpoint.system_fingerprint": ",".join(sorted(self.fingerprints)) or "none reported"}
+        if self.dates:
+            out["endpoint.answers_from"], out["endpoint.answers_to"] = min(self.dates), max(self.dates)
+        return out
 
     def metrics(self, price_in: float | None = None, price_out: float | None = None) -> dict[str, float]:
         import numpy as np
@@ -194,6 +204,8 @@ class Endpoint:
             self.stats.served_models.add(str(answer["model"]))
         if answer.get("system_fingerprint"):
             self.stats.fingerprints.add(str(answer["system_fingerprint"]))
+        if answer.get("date"):
+            self.stats.dates.add(str(answer["date"]))
 
     def _ask(self, messages: list[dict], params: dict) -> dict:
         import openai

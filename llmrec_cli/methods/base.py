@@ -79,6 +79,10 @@ class Method:
         """Cost figures logged with the final metrics (LLM methods: seconds, tokens, users/s, GPU memory)."""
         return {}
 
+    def provenance(self) -> dict[str, str]:
+        """Tags set once the run is evaluated: where its answers came from (an endpoint's served model)."""
+        return {}
+
     def save(self, path: Path) -> list[Path]:
         """Write what `load` needs to rebuild the fitted method; returns the files written."""
         return []

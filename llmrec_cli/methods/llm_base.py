@@ -175,6 +175,10 @@ class LLMMethod(Method):
         return out
 
 
+    def provenance(self) -> dict[str, str]:
+        return self.endpoint.stats.provenance() if self.endpoint is not None else {}
+
+
 def two_stage_scores(crm: np.ndarray, top: np.ndarray, llm: np.ndarray) -> np.ndarray:
     """Catalogue scores [n, n_items + 1] of filter-then-rerank: the pre-filter's TOP items [n, k] above every
     other item, ordered among themselves by the LLM's scores LLM [n, k] (NaN lowest), the rest by CRM.

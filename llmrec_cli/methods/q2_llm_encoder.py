@@ -44,8 +44,8 @@ from llmrec_cli.methods.configs import LLMEncoderConfig
 from llmrec_cli.methods.llm_base import LLMMethod
 from llmrec_cli.methods.q3_embedding import cached_text_embeddings
 from llmrec_cli.registry import register_method
-from llmrec_cli.utils.runtime import seed_everything
 from llmrec_cli.utils.io import atomic_path
+from llmrec_cli.utils.runtime import seed_everything
 
 CHECKPOINT = "q2_crm.pt"
 MODES = ("init", "feature")

@@ -136,17 +136,17 @@ class ZeroShot(LLMMethod):
             texts = generate(self.loaded.model, self.tokenizer, prompts, budget, batch_size=int(self.cfg.batch_size),
                              max_length=int(self.ctx.cfg.model.max_length))
         out = np.empty(items.shape, dtype=np.float64)
-        for r, (u, row, text) in enumerate(zip(users, items, texts, strict=True)):
+        for r, (u, row, text, prompt) in enumerate(zip(users, items, texts, prompts, strict=True)):
             titles = [self.prompts.texts[int(i)] for i in row]
             parsed = parse_ranking(text, len(row), titles)
             rng = np.random.default_rng([self.ctx.seed, int(u), *map(int, row)])  # a candidate set's own order
             out[r] = ranking_scores(parsed, len(row), rng)
-            self.answers.append((int(u), [int(i) for i in row], text, parsed))
+            self.answers.append((int(u), [int(i) for i in row], text, parsed, prompt))
         return out
 
     def cost_summary(self) -> dict[str, float]:
         """The LLM cost figures, plus for `generate` the answers' validity rates (and their sample as
-        `answers/samples.jsonl`, the first 50 raw answers with their parse)."""
+        `answers/samples.jsonl`, the first 50 prompts and raw answers with their parse)."""
         out = super().cost_summary()
         if self.answers:
             from llmrec_cli.llm.answers import validity
@@ -154,9 +154,9 @@ class ZeroShot(LLMMethod):
             n = len(self.answers[0][1])
             out.update({f"answers/{k}": v for k, v in validity([a[3] for a in self.answers], n).items()})
             out["answers/count"] = float(len(self.answers))
-            sample = [{"user": u, "candidates": c, "answer": t, "parsed_order": p.order, "how": p.how,
+            sample = [{"user": u, "candidates": c, "prompt": q, "answer": t, "parsed_order": p.order, "how": p.how,
                        "duplicates": p.duplicates, "out_of_candidates": p.out_of_candidates}
-                      for u, c, t, p in self.answers[:50]]
+                      for u, c, t, p, q in self.answers[:50]]
             self.ctx.log_text("\n".join(json.dumps(s) for s in sample) + "\n", "answers/samples.jsonl")
         return out
 

@@ -310,6 +310,8 @@ def evaluate_and_log(method, s: Session, tracker: Tracker, extra: dict[str, floa
     s.timings["time/eval_seconds"] = time.perf_counter() - t0
     final = {**result.metrics, **extra, **s.timings, **method.cost_summary()}
     tracker.log_metrics(final, step=0)
+    if method.provenance():
+        tracker.set_tags(method.provenance())
     if result.notes:
         for note in result.notes:
             log.warning("%s", note)

@@ -122,6 +122,10 @@ def test_generate_through_the_endpoint_logs_validity_and_a_rerun_is_free_and_ide
         assert 0.0 <= m[f"answers/{key}"], key
     run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(first.run_id)
     assert run.data.params["endpoint.model"] == server[1] and run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["endpoint.served_model"] == server[1] and tags["endpoint.answers_from"] <= tags["endpoint.answers_to"]
+    sample = json.loads(mlflow.artifacts.load_text(f"runs:/{first.run_id}/answers/samples.jsonl").splitlines()[0])
+    assert sample["prompt"] and "answer" in sample and sample["parsed_order"] is not None
     second = run_train(run_config(server, tmp_path, "method.scoring=generate", "method.max_new_tokens=8",
                                   "run_name=again"))
     assert second.metrics["endpoint/requests"] == 0 and second.metrics["endpoint/cache_hit_rate"] == 1.0

@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from llmrec_cli.config.compose import compose_run, conf_dir
-from llmrec_cli.config.validate import catalogue, validate_all
+from llmrec_cli.config.validate import catalogue, combinations, validate_all
 from llmrec_cli.errors import ConfigError
 
 
@@ -79,9 +79,29 @@ def test_every_yaml_starts_with_the_command_that_uses_it():
         assert first.startswith("# llmrec "), f"{path} must start with '# llmrec ...' (the command that uses it)"
 
 
-def test_validate_composes_every_combination_without_errors():
+def test_validate_composes_every_pair_of_groups_without_errors():
     errors, count = validate_all()
     assert errors == [] and count >= 10
+
+
+@pytest.mark.slow
+def test_validate_all_composes_every_triple_without_errors():
+    errors, count = validate_all(full=True)
+    assert errors == [] and count > len(combinations())
+
+
+def test_pairwise_combinations_cover_every_pair_the_full_product_has():
+    """Every (method, crm) and (method, model) pair of the full product is composed by the quick validation."""
+    def pairs(combos):
+        out = set()
+        for c in combos:
+            if len(c) == 3:
+                method, crm, model = c
+                out |= {(method, crm), (method, model)}
+        return out
+
+    full, quick = combinations(full=True), combinations()
+    assert pairs(quick) == pairs(full) and len(quick) < len(full) / 2
 
 
 def test_catalogue_lists_registered_things():
