@@ -223,3 +223,15 @@ def test_llm_augment_generates_its_profiles_through_the_endpoint(server, isolate
     again = run_train(compose_run([*over, "run_name=again"])).metrics
     assert again["endpoint/requests"] == 0 and again["cost/generation_cache_hits"] == n_items
     assert again["test/sampled/ndcg_10"] == m["test/sampled/ndcg_10"]
+
+
+def test_few_shot_demonstrations_reach_the_endpoint_prompt(server, isolated_cache):
+    """`method.num_demos` builds the same few-shot block in-process and through an endpoint."""
+    import mlflow
+
+    from llmrec_cli.pipelines.train import run_train
+
+    summary = run_train(run_config(server, isolated_cache, "method.scoring=generate", "method.max_new_tokens=4",
+                                   "method.num_demos=1", "eval.max_users=2"))
+    sample = json.loads(mlflow.artifacts.load_text(f"runs:/{summary.run_id}/answers/samples.jsonl").splitlines()[0])
+    assert sample["prompt"].startswith("(Example)")  # the demonstration comes before the user's own question
