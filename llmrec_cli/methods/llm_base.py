@@ -174,7 +174,6 @@ class LLMMethod(Method):
                 out.pop(f"prompt/scorer_{key}", None)
         return out
 
-
     def provenance(self) -> dict[str, str]:
         return self.endpoint.stats.provenance() if self.endpoint is not None else {}
 
