@@ -141,7 +141,8 @@ class ZeroShot(LLMMethod):
             parsed = parse_ranking(text, len(row), titles)
             rng = np.random.default_rng([self.ctx.seed, int(u), *map(int, row)])  # a candidate set's own order
             out[r] = ranking_scores(parsed, len(row), rng)
-            self.answers.append((int(u), [int(i) for i in row], text, parsed, prompt))
+            kept = prompt if len(self.answers) < SAMPLED_ANSWERS else None  # only the sample logs prompts
+            self.answers.append((int(u), [int(i) for i in row], text, parsed, kept))
         return out
 
     def cost_summary(self) -> dict[str, float]:
@@ -156,9 +157,10 @@ class ZeroShot(LLMMethod):
             out["answers/count"] = float(len(self.answers))
             sample = [{"user": u, "candidates": c, "prompt": q, "answer": t, "parsed_order": p.order, "how": p.how,
                        "duplicates": p.duplicates, "out_of_candidates": p.out_of_candidates}
-                      for u, c, t, p, q in self.answers[:50]]
+                      for u, c, t, p, q in self.answers[:SAMPLED_ANSWERS]]
             self.ctx.log_text("\n".join(json.dumps(s) for s in sample) + "\n", "answers/samples.jsonl")
         return out
 
 
 SCORINGS = ("pointwise", "likelihood", "listwise", "generate")
+SAMPLED_ANSWERS = 50  # raw answers (with their prompts) logged to answers/samples.jsonl
